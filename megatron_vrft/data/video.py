@@ -1,0 +1,384 @@
+"""Video reading with qwen-vl-utils 0.0.14 `fetch_video` semantics, without torchvision.
+
+`read_video(path, ...)` decodes only the sampled frames and returns them resized, as uint8
+[T, 3, H, W], with a `VideoInfo` describing what was sampled. The rules, all from qwen-vl-utils
+0.0.14 `vision_process.py` (`calculate_video_frame_range`, `smart_nframes`, `fetch_video`):
+
+- frame range: without `video_start`/`video_end` the whole file; otherwise start = ceil(start*fps),
+  end = min(floor(end*fps), total-1), both clamped to [0, total/fps] seconds first; start >= end is
+  an error ("out_of_range").
+- frame count: `nframes` (rounded to a multiple of 2) XOR `fps` (default 2.0): n = frames/fps_native*fps
+  clamped to [min_frames (4), min(max_frames (768), frames)] and to frames, floored to a multiple of 2;
+  n outside [2, frames] is an error ("too_short").
+- indices `torch.linspace(start, end, n).round()` (float32, half-to-even, exactly as upstream);
+  sample_fps = n / frames_in_range * fps_native.
+- size: `smart_resize(H, W, 28, min_pixels, max_pixels')` with min_pixels default 128*28*28 and
+  max_pixels' = min(max_pixels or inf, max(min(768*28*28, total_pixels/n*2), int(min_pixels*1.05))),
+  total_pixels default MODEL_SEQ_LEN*28*28*0.9 (env MODEL_SEQ_LEN, default 128000, read per call).
+- resize: torchvision's tensor BICUBIC with antialias (see `media.resize_frames`).
+
+Backends: decord first (what qwen-vl-utils uses when torchcodec is absent), PyAV when decord cannot
+open or decode the file. The two can differ by a few levels in YUV->RGB conversion; frame indices
+and sizes are the same. Every failure that belongs to the file raises `media.MediaError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from megatron_vrft.data.media import (
+    IMAGE_FACTOR,
+    MediaError,
+    ceil_by_factor,
+    floor_by_factor,
+    resize_frames,
+    round_by_factor,
+    smart_resize,
+)
+
+logger = logging.getLogger(__name__)
+
+FPS = 2.0
+FRAME_FACTOR = 2
+FPS_MIN_FRAMES = 4
+FPS_MAX_FRAMES = 768
+VIDEO_MIN_PIXELS = 128 * IMAGE_FACTOR**2  # 100,352
+VIDEO_MAX_PIXELS = 768 * IMAGE_FACTOR**2  # 602,112
+DEFAULT_MODEL_SEQ_LEN = 128000
+BACKENDS = ("decord", "pyav")
+
+
+@dataclass(frozen=True)
+class VideoMeta:
+    """Container-level facts about a video file (no frames decoded beyond the first)."""
+
+    path: str
+    fps: float  # native average frame rate
+    total_frames: int
+    width: int
+    height: int
+    backend: str  # "decord" or "pyav"
+
+    @property
+    def duration(self) -> float:
+        """Seconds, as qwen-vl-utils computes it: total_frames / fps."""
+        return self.total_frames / self.fps
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What `read_video` sampled. Indices and timestamps refer to the whole file, not the clip."""
+
+    path: str
+    fps: float  # native average frame rate
+    total_frames: int  # frames in the whole file
+    duration: float  # seconds of the whole file (total_frames / fps)
+    width: int  # native frame width
+    height: int  # native frame height
+    frame_indices: tuple[int, ...]  # sampled frame numbers, len T
+    timestamps: tuple[float, ...]  # frame_indices / fps, seconds, len T
+    sample_fps: float  # n / frames_in_range * fps (what HF calls fps for second_per_grid_ts)
+    video_backend: str  # "decord" or "pyav"
+
+
+def model_seq_len() -> int:
+    """qwen-vl-utils' MODEL_SEQ_LEN (env var, default 128000) that sets the default total_pixels."""
+    return int(float(os.environ.get("MODEL_SEQ_LEN", DEFAULT_MODEL_SEQ_LEN)))
+
+
+def frame_range(
+    total_frames: int,
+    video_fps: float,
+    video_start: float | None = None,
+    video_end: float | None = None,
+    *,
+    path: str | None = None,
+) -> tuple[int, int, int]:
+    """-> (start_frame, end_frame inclusive, frames_in_range), qwen-vl-utils `calculate_video_frame_range`."""
+    if video_fps <= 0 or total_frames <= 0:
+        raise MediaError(path, "empty", f"{total_frames} frames at {video_fps} fps")
+    if video_start is None and video_end is None:
+        return 0, total_frames - 1, total_frames
+    max_duration = total_frames / video_fps
+    start_frame = 0
+    if video_start is not None:
+        start_frame = math.ceil(max(0.0, min(video_start, max_duration)) * video_fps)
+    end_frame = total_frames - 1
+    if video_end is not None:
+        end_frame = min(math.floor(max(0.0, min(video_end, max_duration)) * video_fps), total_frames - 1)
+    if start_frame >= end_frame:
+        raise MediaError(
+            path,
+            "out_of_range",
+            f"video_start={video_start} video_end={video_end} select frames {start_frame}..{end_frame} "
+            f"of a {max_duration:.2f}s video ({total_frames} frames @ {video_fps:g} fps)",
+        )
+    return start_frame, end_frame, end_frame - start_frame + 1
+
+
+def smart_nframes(
+    total_frames: int,
+    video_fps: float,
+    *,
+    fps: float | None = None,
+    nframes: int | None = None,
+    min_frames: int | None = None,
+    max_frames: int | None = None,
+    path: str | None = None,
+) -> int:
+    """Number of frames to sample from `total_frames` (frames in range), qwen-vl-utils `smart_nframes`."""
+    if fps is not None and nframes is not None:
+        raise ValueError("read_video: pass either fps or nframes, not both")
+    if nframes is not None:
+        n = round_by_factor(nframes, FRAME_FACTOR)
+    else:
+        target_fps = FPS if fps is None else fps
+        lo = ceil_by_factor(FPS_MIN_FRAMES if min_frames is None else min_frames, FRAME_FACTOR)
+        hi = floor_by_factor(min(FPS_MAX_FRAMES, total_frames) if max_frames is None else max_frames, FRAME_FACTOR)
+        n = total_frames / video_fps * target_fps
+        n = floor_by_factor(min(min(max(n, lo), hi), total_frames), FRAME_FACTOR)
+    if not FRAME_FACTOR <= n <= total_frames:
+        raise MediaError(path, "too_short", f"need {n} frames (>= {FRAME_FACTOR}) but the range has {total_frames}")
+    return n
+
+
+def sample_indices(start_frame: int, end_frame: int, n: int) -> list[int]:
+    """`torch.linspace(start, end, n).round()` in float32, bit-for-bit what qwen-vl-utils does."""
+    return torch.linspace(start_frame, end_frame, n).round().long().tolist()
+
+
+def video_frame_size(
+    height: int,
+    width: int,
+    n: int,
+    *,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    total_pixels: int | float | None = None,
+    path: str | None = None,
+) -> tuple[int, int]:
+    """Resized (height, width) for `n` sampled frames of a height x width video (fetch_video's bounds)."""
+    min_px = VIDEO_MIN_PIXELS if min_pixels is None else min_pixels
+    total_px = model_seq_len() * IMAGE_FACTOR * IMAGE_FACTOR * 0.9 if total_pixels is None else total_pixels
+    max_px = max(min(VIDEO_MAX_PIXELS, total_px / n * FRAME_FACTOR), int(min_px * 1.05))
+    if max_pixels is not None:
+        max_px = min(max_pixels, max_px)
+    return smart_resize(height, width, IMAGE_FACTOR, min_px, max_px, path=path)
+
+
+def _check_file(path: str) -> None:
+    p = Path(path)
+    if not p.is_file():
+        raise MediaError(path, "missing")
+    if p.stat().st_size == 0:
+        raise MediaError(path, "empty", "zero-byte file")
+
+
+# ---------------------------------------------------------------- decord
+
+
+class _BackendFailure(Exception):
+    """A backend could not open/decode the file; the next backend is tried."""
+
+
+def _decord_reader(path: str):
+    import decord
+
+    try:
+        return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=0)
+    except (RuntimeError, AssertionError, decord.DECORDError) as e:
+        raise _BackendFailure(f"decord cannot open: {e}") from e
+
+
+def _decord_batch(vr, indices: list[int]) -> torch.Tensor:
+    import decord
+
+    try:
+        arr = vr.get_batch(indices)
+    except (RuntimeError, decord.DECORDError) as e:
+        raise _BackendFailure(f"decord cannot decode: {e}") from e
+    # A global decord.bridge.set_bridge("torch") makes get_batch return a tensor already.
+    hwc = arr if isinstance(arr, torch.Tensor) else torch.from_numpy(arr.asnumpy())
+    return hwc.permute(0, 3, 1, 2)
+
+
+def _decord_meta(path: str, vr) -> VideoMeta:
+    first = _decord_batch(vr, [0])
+    return VideoMeta(path, float(vr.get_avg_fps()), len(vr), int(first.shape[-1]), int(first.shape[-2]), "decord")
+
+
+# ---------------------------------------------------------------- PyAV
+
+
+def _pyav_open(path: str):
+    import av
+
+    try:
+        container = av.open(path)
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise _BackendFailure(f"pyav cannot open: {e}") from e
+    if not container.streams.video:
+        container.close()
+        raise MediaError(path, "empty", "no video stream")
+    return container
+
+
+def _pyav_meta(path: str, container) -> VideoMeta:
+    import av
+
+    stream = container.streams.video[0]
+    rate = stream.average_rate or stream.guessed_rate
+    total = stream.frames
+    if not total:
+        # Containers without a frame count (e.g. some mkv/webm): count packets, which needs no decoding.
+        try:
+            total = sum(1 for packet in container.demux(stream) if packet.size)
+        except av.FFmpegError as e:
+            raise _BackendFailure(f"pyav cannot demux: {e}") from e
+        container.seek(0)
+    return VideoMeta(path, float(rate or 0.0), int(total), stream.codec_context.width, stream.codec_context.height, "pyav")
+
+
+def _pyav_frames(path: str, container, indices: list[int]) -> torch.Tensor:
+    """Decode sequentially and keep the wanted frames (decoded order == presentation order)."""
+    import av
+
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    wanted: dict[int, list[int]] = {}
+    for pos, idx in enumerate(indices):
+        wanted.setdefault(idx, []).append(pos)
+    out: list[np.ndarray | None] = [None] * len(indices)
+    last = max(indices)
+    try:
+        for i, frame in enumerate(container.decode(stream)):
+            if i in wanted:
+                rgb = frame.to_ndarray(format="rgb24")
+                for pos in wanted[i]:
+                    out[pos] = rgb
+            if i >= last:
+                break
+    except av.FFmpegError as e:
+        raise _BackendFailure(f"pyav cannot decode: {e}") from e
+    missing = [indices[p] for p, a in enumerate(out) if a is None]
+    if missing:
+        raise _BackendFailure(f"pyav decoded too few frames: frame {missing[0]} absent")
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+
+
+# ---------------------------------------------------------------- public API
+
+
+def probe_video(path: str | os.PathLike, *, backend: str | None = None) -> VideoMeta:
+    """Frame count, fps, size and duration of a video, decoding at most one frame.
+
+    `backend` forces "decord" or "pyav"; None tries decord then PyAV. Raises MediaError.
+    """
+    path = str(path)
+    _check_file(path)
+    failures = []
+    for name in _backend_order(backend):
+        try:
+            if name == "decord":
+                return _decord_meta(path, _decord_reader(path))
+            container = _pyav_open(path)
+            with container:
+                return _pyav_meta(path, container)
+        except _BackendFailure as e:
+            failures.append(str(e))
+    raise MediaError(path, "corrupt", "; ".join(failures))
+
+
+def read_video(
+    path: str | os.PathLike,
+    *,
+    fps: float | None = None,
+    nframes: int | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    total_pixels: int | float | None = None,
+    video_start: float | None = None,
+    video_end: float | None = None,
+    min_frames: int | None = None,
+    max_frames: int | None = None,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, VideoInfo]:
+    """Sample and resize frames like qwen-vl-utils 0.0.14 `fetch_video` (see module docstring).
+
+    Returns (frames uint8 [T, 3, H', W'], info). T is even, H' and W' are multiples of 28.
+    `fps` XOR `nframes`; `min_frames`/`max_frames` only apply with fps sampling (qwen-vl-utils keys).
+    `backend` forces "decord" or "pyav" (default: decord, then PyAV on failure).
+    Raises MediaError (missing/empty/corrupt/too_short/out_of_range/bad_aspect) for bad files and
+    ValueError for invalid arguments.
+    """
+    path = str(path)
+    if fps is not None and nframes is not None:
+        raise ValueError(f"read_video({path}): pass either fps or nframes, not both")
+    _check_file(path)
+    failures = []
+    for name in _backend_order(backend):
+        try:
+            if name == "decord":
+                vr = _decord_reader(path)
+                meta = _decord_meta(path, vr)
+                indices, sample_fps = _plan(meta, fps, nframes, min_frames, max_frames, video_start, video_end)
+                frames = _decord_batch(vr, indices)
+            else:
+                container = _pyav_open(path)
+                with container:
+                    meta = _pyav_meta(path, container)
+                    indices, sample_fps = _plan(meta, fps, nframes, min_frames, max_frames, video_start, video_end)
+                    frames = _pyav_frames(path, container, indices)
+            break
+        except _BackendFailure as e:
+            logger.warning("%s: %s", path, e)
+            failures.append(str(e))
+    else:
+        raise MediaError(path, "corrupt", "; ".join(failures))
+
+    height, width = video_frame_size(
+        meta.height,
+        meta.width,
+        len(indices),
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+        total_pixels=total_pixels,
+        path=path,
+    )
+    info = VideoInfo(
+        path=path,
+        fps=meta.fps,
+        total_frames=meta.total_frames,
+        duration=meta.duration,
+        width=meta.width,
+        height=meta.height,
+        frame_indices=tuple(indices),
+        timestamps=tuple(i / meta.fps for i in indices),
+        sample_fps=sample_fps,
+        video_backend=meta.backend,
+    )
+    return resize_frames(frames, height, width), info
+
+
+def _backend_order(backend: str | None) -> tuple[str, ...]:
+    if backend is None:
+        return BACKENDS
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown video backend {backend!r}; expected one of {BACKENDS}")
+    return (backend,)
+
+
+def _plan(meta: VideoMeta, fps, nframes, min_frames, max_frames, video_start, video_end) -> tuple[list[int], float]:
+    """Frame indices to decode and the resulting sample_fps, from container metadata only."""
+    start, end, in_range = frame_range(meta.total_frames, meta.fps, video_start, video_end, path=meta.path)
+    n = smart_nframes(
+        in_range, meta.fps, fps=fps, nframes=nframes, min_frames=min_frames, max_frames=max_frames, path=meta.path
+    )
+    return sample_indices(start, end, n), n / max(in_range, 1e-6) * meta.fps
