@@ -338,7 +338,7 @@ def read_video(
                     frames = _pyav_frames(path, container, indices)
             break
         except _BackendFailure as e:
-            logger.warning("%s: %s", path, e)
+            logger.debug("%s: %s", path, e)
             failures.append(str(e))
     else:
         raise MediaError(path, "corrupt", "; ".join(failures))
