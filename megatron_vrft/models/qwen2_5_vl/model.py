@@ -1,0 +1,213 @@
+"""``Qwen25VLModel``: Qwen2.5-VL on Megatron-Core, one pipeline stage of it per rank.
+
+- First PP stage: the ViT (``vision_model``, see ``vision.py``) and the token embedding. Image and
+  video embeddings replace the ``<|image_pad|>`` / ``<|video_pad|>`` token embeddings (masked
+  scatter in batch-major order, as HF does) before the first decoder layer; with sequence
+  parallelism the merged embeddings are scattered only after that merge.
+- All stages: the language model is an mcore ``GPTModel`` with mRoPE. RoPE is computed on every
+  stage from ``position_ids [3, B, S]``, so every stage needs them (``rope_index.get_rope_index``
+  computes them per sample, before packing).
+- Last stage: logits over the TP-padded vocabulary with the padding masked out, or the per-token
+  loss when ``labels`` are given.
+Under PP the module follows mcore's contract for ``get_forward_backward_func`` (``set_input_tensor``,
+``config``, ``model_type``, the tied-embedding accessors used by ``finalize_model_grads``).
+
+Parameter names and their HF sources are listed in MODEL_CONTRACT.md; ``weights.py`` maps them.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from megatron.core import parallel_state as ps
+from megatron.core import tensor_parallel
+from megatron.core.enums import ModelType
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.packed_seq_params import PackedSeqParams
+from megatron.core.transformer.module import MegatronModule
+
+from megatron_vrft.models.attention import SDPACoreAttention
+from megatron_vrft.models.qwen2_5_vl.config import Qwen25VLMcoreConfig, mcore_configs
+from megatron_vrft.models.qwen2_5_vl.vision import Qwen25VisionModel
+
+__all__ = ["Qwen25VLModel", "MASKED_LOGIT"]
+
+# Logit given to the vocabulary padding rows: exp() underflows to exactly 0 in fp32/bf16, so the
+# padding never takes probability mass, while staying finite (p * log p stays 0, never NaN, and a
+# temperature division cannot overflow it to -inf).
+MASKED_LOGIT = -1.0e4
+
+
+class Qwen25VLModel(MegatronModule):
+    """This rank's PP stage of Qwen2.5-VL (ViT + merger on stage 0, GPTModel(mRoPE) everywhere).
+
+    Build it under an initialised mcore ``parallel_state`` (``runtime.init_distributed``).
+
+    Args:
+        hf_config: transformers ``Qwen2_5_VLConfig``.
+        first_stage_layers: LLM layers on PP stage 0 (fewer, to balance the ViT); None = even split.
+        params_dtype: parameter dtype (fp32 for parity tests, bf16 for training).
+        sequence_parallel, variable_seq_lengths, perform_initialization, **language_overrides:
+            see ``config.mcore_configs``.
+    """
+
+    def __init__(
+        self,
+        hf_config,
+        *,
+        first_stage_layers: Optional[int] = None,
+        params_dtype: torch.dtype = torch.float32,
+        sequence_parallel: bool = False,
+        variable_seq_lengths: bool = False,
+        perform_initialization: bool = True,
+        **language_overrides,
+    ):
+        cfg: Qwen25VLMcoreConfig = mcore_configs(
+            hf_config,
+            first_stage_layers=first_stage_layers,
+            params_dtype=params_dtype,
+            sequence_parallel=sequence_parallel,
+            variable_seq_lengths=variable_seq_lengths,
+            perform_initialization=perform_initialization,
+            **language_overrides,
+        )
+        super().__init__(config=cfg.language)
+        self.mcore_config = cfg
+        self.hf_config = hf_config
+        self.model_type = ModelType.encoder_or_decoder
+        self.pre_process = ps.is_pipeline_first_stage()
+        self.post_process = ps.is_pipeline_last_stage()
+        self.share_embeddings_and_output_weights = cfg.tie_word_embeddings
+        self.vision_model = (
+            Qwen25VisionModel(cfg.vision, cfg.projection, cfg.vision_spec) if self.pre_process else None
+        )
+        spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+        spec.submodules.self_attention.submodules.core_attention = SDPACoreAttention
+        self.language_model = GPTModel(
+            cfg.language,
+            spec,
+            vocab_size=cfg.padded_vocab_size,
+            max_sequence_length=cfg.max_sequence_length,
+            pre_process=self.pre_process,
+            post_process=self.post_process,
+            parallel_output=True,
+            share_embeddings_and_output_weights=cfg.tie_word_embeddings,
+            position_embedding_type="mrope",
+            rotary_base=cfg.rotary_base,
+            # Scattering to sequence-parallel ranks must wait until the media embeddings are merged.
+            scatter_embedding_sequence_parallel=False,
+        )
+
+    # ---- mcore pipeline / DDP contract -------------------------------------------------------
+    def set_input_tensor(self, input_tensor) -> None:
+        """Hidden states received from the previous PP stage (called by mcore's schedules)."""
+        self.language_model.set_input_tensor(input_tensor)
+
+    def shared_embedding_or_output_weight(self) -> Optional[torch.Tensor]:
+        """The tied word-embedding / output weight of this stage (``finalize_model_grads`` all-reduces
+        its gradient between the first and the last stage)."""
+        return self.language_model.shared_embedding_or_output_weight()
+
+    # ---- forward -------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        pixel_values: Optional[torch.Tensor] = None,
+        image_grid_thw: Optional[torch.Tensor] = None,
+        pixel_values_videos: Optional[torch.Tensor] = None,
+        video_grid_thw: Optional[torch.Tensor] = None,
+        packed_seq_params: Optional[PackedSeqParams] = None,
+        runtime_gather_output: bool = False,
+    ) -> torch.Tensor:
+        """One PP stage of the forward pass.
+
+        Args:
+            input_ids: ``[B, S]`` token ids (THD packing: ``[1, T]`` with ``packed_seq_params``);
+                read on the first stage only (later stages may pass the same tensor or None).
+            position_ids: ``[3, B, S]`` mRoPE ids (``rope_index.get_rope_index``); every stage.
+            attention_mask: optional bool ``[B, 1, S, S]``, True = masked (mcore convention); None =
+                causal. Packed sequences use ``packed_seq_params`` instead.
+            labels: ``[B, S]`` target ids aligned with the logits (already shifted); negative =
+                ignored (loss 0 there).
+            pixel_values / pixel_values_videos: ``[Σ t·h·w, C·Tp·P·P]`` patches, with
+                ``image_grid_thw`` / ``video_grid_thw`` ``[n, 3]``; first stage only.
+            runtime_gather_output: gather the logits over TP (and slice off the vocab padding).
+        Returns:
+            non-last stage: hidden states ``[S, B, H]`` for the next stage;
+            last stage, no labels: logits ``[B, S, V_padded / TP]`` (padding = ``MASKED_LOGIT``), or
+            ``[B, S, V]`` when gathered; with labels: per-token loss ``[B, S]`` float32.
+        """
+        decoder_input = None
+        if self.pre_process:
+            decoder_input = self._embed(input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
+        out = self.language_model(
+            input_ids=None,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            decoder_input=decoder_input,
+            packed_seq_params=packed_seq_params,
+            runtime_gather_output=runtime_gather_output and labels is None,
+        )
+        if not self.post_process:
+            return out
+        gathered = runtime_gather_output and labels is None
+        logits = self._mask_vocab_padding(out, gathered)
+        if labels is None:
+            return logits[..., : self.mcore_config.vocab_size] if gathered else logits
+        ignore = labels < 0
+        loss = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), labels.masked_fill(ignore, 0))
+        return loss.masked_fill(ignore, 0.0)
+
+    def _embed(self, input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw) -> torch.Tensor:
+        """Token embeddings with the ViT outputs at the media pad tokens: ``[S, B, H]``."""
+        cfg = self.mcore_config
+        emb = self.language_model.embedding(input_ids=input_ids, position_ids=None)  # [S, B, H]
+        media = [
+            (cfg.image_token_id, "image", pixel_values, image_grid_thw),
+            (cfg.video_token_id, "video", pixel_values_videos, video_grid_thw),
+        ]
+        present = [m for m in media if m[2] is not None]
+        for token_id, kind, pixels, grid in media:
+            if (pixels is None) != (grid is None):
+                raise ValueError(f"{kind}: pixel values and grid_thw must be given together")
+            if pixels is None and bool((input_ids == token_id).any()):
+                raise ValueError(f"input_ids contain {kind} pad tokens (id {token_id}) but no {kind} pixels were given")
+        if present:
+            # One ViT call for all images and videos: attention never crosses a frame or window.
+            feats = self.vision_model(
+                torch.cat([p for _, _, p, _ in present]), torch.cat([torch.as_tensor(g).reshape(-1, 3) for *_, g in present])
+            )
+            sizes = [int(torch.as_tensor(g).reshape(-1, 3).prod(-1).sum()) // self.vision_model.merge_unit for *_, g in present]
+            # Merge in [B, S, H] order: HF's masked_scatter fills pad tokens batch-major.
+            emb = emb.transpose(0, 1)
+            for (token_id, kind, _, _), part in zip(present, feats.split(sizes)):
+                mask = input_ids == token_id
+                n_tokens = int(mask.sum())
+                if n_tokens != part.shape[0]:
+                    raise ValueError(
+                        f"input_ids hold {n_tokens} {kind} pad tokens (id {token_id}) but the {kind} grids "
+                        f"give {part.shape[0]} embeddings"
+                    )
+                emb = emb.masked_scatter(mask.unsqueeze(-1), part.to(emb.dtype))
+            emb = emb.transpose(0, 1).contiguous()
+        if self.config.sequence_parallel:
+            emb = tensor_parallel.scatter_to_sequence_parallel_region(emb)
+        return emb
+
+    def _mask_vocab_padding(self, logits: torch.Tensor, gathered: bool) -> torch.Tensor:
+        """Sets the logits of the TP vocabulary padding (ids >= vocab_size) to ``MASKED_LOGIT``."""
+        cfg = self.mcore_config
+        if cfg.padded_vocab_size == cfg.vocab_size:
+            return logits
+        local = logits.shape[-1]
+        start = 0 if gathered else ps.get_tensor_model_parallel_rank() * local
+        first_pad = cfg.vocab_size - start
+        if first_pad >= local:
+            return logits
+        ids = torch.arange(local, device=logits.device)
+        return logits.masked_fill(ids >= first_pad, MASKED_LOGIT)
