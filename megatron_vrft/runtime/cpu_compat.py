@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import logging
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -216,7 +217,18 @@ PATCHES: dict[str, Patch] = {
     ]
 }
 
-_active = False
+class _DropForkCpuRngWarning(logging.Filter):
+    """CudaRNGStatesTracker.fork() warns when the CPU RNG state changes inside a fork, because on
+    GPU that would mean a CPU op consumed randomness by mistake. With ``rng_tracker`` applied the
+    tracker's stream *is* the CPU generator, so the change is expected and the warning (one per
+    dropout/init call) is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "CPU RNG state changed within GPU RNG context" not in record.getMessage()
+
+
+_RNG_LOG_FILTER = _DropForkCpuRngWarning()
+_RNG_LOGGER = "megatron.core.tensor_parallel.random"
 
 
 def apply(skip: tuple[str, ...] | list[str] = ()) -> bool:
@@ -224,7 +236,6 @@ def apply(skip: tuple[str, ...] | list[str] = ()) -> bool:
 
     Idempotent. Does nothing (returns False) when CUDA is available.
     """
-    global _active
     if torch.cuda.is_available():
         return False
     unknown = set(skip) - set(PATCHES)
@@ -233,16 +244,30 @@ def apply(skip: tuple[str, ...] | list[str] = ()) -> bool:
     for name, patch in PATCHES.items():
         if name not in skip:
             patch.apply()
-    _active = True
+    if "rng_tracker" not in skip:
+        logging.getLogger(_RNG_LOGGER).addFilter(_RNG_LOG_FILTER)
     return True
 
 
 def revert() -> None:
     """Undoes every applied patch (tests use this; production code never needs it)."""
-    global _active
     for patch in PATCHES.values():
         patch.revert()
-    _active = False
+    logging.getLogger(_RNG_LOGGER).removeFilter(_RNG_LOG_FILTER)
+
+
+class _DropForkCpuRngWarning(logging.Filter):
+    """CudaRNGStatesTracker.fork() warns when the CPU RNG state changes inside a fork, because on
+    GPU that would mean a CPU op consumed randomness by mistake. With ``rng_tracker`` applied the
+    tracker's stream *is* the CPU generator, so the change is expected and the warning (one per
+    dropout/init call) is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "CPU RNG state changed within GPU RNG context" not in record.getMessage()
+
+
+_RNG_LOG_FILTER = _DropForkCpuRngWarning()
+_RNG_LOGGER = "megatron.core.tensor_parallel.random"
 
 
 def applied() -> list[str]:
