@@ -62,6 +62,7 @@ def load_samples(
     probe: bool = False,
     path_remap: str | None = None,
     limit: int | None = None,
+    max_examples: int = 3,
     **options: Any,
 ) -> tuple[list[Sample], SkipReport]:
     """Read a dataset file in format ``fmt`` into `Sample`s; bad records are skipped and counted.
@@ -71,7 +72,8 @@ def load_samples(
     video_options / image_options: qwen-vl-utils sampling keys overriding the format's defaults.
     check_media: check that media files exist and are non-empty (cheap); probe: also open each
     video's header. path_remap: None or "basename" (RA-RFT defaults to "basename" with a media_root).
-    limit: stop after this many samples. ``options``: the format's own ``Options`` fields.
+    limit: stop after this many samples. max_examples: skipped locations kept per reason in the
+    report. ``options``: the format's own ``Options`` fields.
     Returns ``(samples, report)``; raises DataFormatError when nothing usable remains.
     """
     if fmt not in ADAPTERS:
@@ -95,7 +97,7 @@ def load_samples(
         probe=probe,
         path_remap=path_remap,
     )
-    report = SkipReport(name=path.name)
+    report = SkipReport(name=path.name, max_examples=max_examples)
     samples: list[Sample] = []
     for pos, record in module.records(ctx, opts):
         report.total += 1

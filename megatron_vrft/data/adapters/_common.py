@@ -72,7 +72,8 @@ class LoadContext:
                 raise DataFormatError(f"unknown {name} option(s) {unknown}; allowed: {list(keys)}")
 
     def where(self, pos: str | int) -> str:
-        return f"{self.path.name}:{pos}"
+        """``file:line`` / ``file:index``; string positions (``file#row`` for parquet) are complete."""
+        return pos if isinstance(pos, str) else f"{self.path.name}:{pos}"
 
     # ------------------------------------------------------------------ paths and media
 

@@ -1,0 +1,196 @@
+"""Dataset adapters: every format loads its synthetic file with exact counts; per-format fields;
+bad input is skipped and counted by reason; unusable files are errors naming the file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from _synthetic import NUM, dataset, synthetic_tree
+
+from megatron_vrft.data import DataFormatError, load_samples
+from megatron_vrft.data.adapters._common import LoadContext, split_placeholders
+from megatron_vrft.data.sample import SkipRecord
+from megatron_vrft.data.synthetic import FPS, label_of, video_frames
+
+CASES = [(d["format"], d["mode"]) for d in synthetic_tree()[1]["datasets"]]
+
+
+def _load(fmt, mode, **kw):
+    d = dataset(fmt, mode)
+    return load_samples(d["path"], fmt, d["media_root"], mode=mode, **{**d["options"], **kw}), d
+
+
+@pytest.mark.parametrize("fmt,mode", CASES)
+def test_counts_match_manifest(fmt, mode, caplog):
+    (samples, report), d = _load(fmt, mode)
+    assert len(samples) == d["samples"]
+    assert dict(report.skipped) == d["load_skips"]
+    assert report.total == d["records"]
+    assert len({s.id for s in samples}) == len(samples)
+    for s in samples:
+        assert s.source.startswith(d["path"].name)
+        assert (s.target is None) == (mode == "grpo")
+        items = [i for m in s.messages if isinstance(m["content"], list) for i in m["content"]
+                 if i["type"] in ("video", "image")]
+        assert [i["type"] for i in items] == [m.kind for m in s.media]
+    # one summary line for the file
+    assert [r.message for r in caplog.records if "samples from" in r.message] == [report.summary_line()]
+
+
+def test_llava_conv_sft_and_grpo():
+    (sft, _), d = _load("llava_conv", "sft")
+    s = sft[1]
+    assert s.id == "llava_1"
+    assert s.messages[0] == {"role": "user", "content": [{"type": "video", "video": s.media[0].path},
+                                                         {"type": "text", "text": "Is anything unusual happening?"}]}
+    assert s.target.endswith("<answer>abnormal</answer>") and s.messages[-1]["role"] == "assistant"
+    assert s.columns == {"solution": s.target, "answer": "abnormal"}
+    assert s.media[0].path == str(d["media_root"] / "vid_001.mp4")
+    (grpo, _), _ = _load("llava_conv", "grpo")
+    g = grpo[1]
+    assert [m["role"] for m in g.messages] == ["user"] and g.prompt_messages() == g.messages
+    assert g.columns["answer"] == "abnormal" and g.columns["question"] == "Is anything unusual happening?"
+
+
+def test_placeholders_multi_turn_and_images(tmp_path):
+    root, _ = synthetic_tree()
+    record = {"image": ["a.png", "b.png"], "video": "vid_000.mp4", "conversations": [
+        {"from": "human", "value": "<image>\nfirst <video>\nthen\n<image>"},
+        {"from": "gpt", "value": "one"}, {"from": "human", "value": "more?"}, {"from": "assistant", "value": "two"}]}
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(b"png")
+    (tmp_path / "vid_000.mp4").write_bytes((root / "videos" / "vid_000.mp4").read_bytes())
+    path = tmp_path / "conv.json"
+    path.write_text(json.dumps([record]))
+    [s], _ = load_samples(path, "llava_conv")  # no media_root: paths resolve next to the file
+    kinds = [i.get("type") for i in s.messages[0]["content"]]
+    assert kinds == ["image", "text", "video", "text", "image"]
+    assert [m.path.rsplit("/", 1)[-1] for m in s.media] == ["a.png", "vid_000.mp4", "b.png"]
+    assert [m["role"] for m in s.messages] == ["user", "assistant", "user", "assistant"] and s.target == "two"
+    assert split_placeholders("x\n<video>\ny") == ["x", ("video",), "y"]
+
+
+def test_open_r1_video_absolute_paths_and_remap(tmp_path):
+    root, _ = synthetic_tree()
+    path = tmp_path / "g.jsonl"
+    path.write_text(json.dumps({"problem": "Q?", "solution": "<answer>B.</answer>",
+                                "video": f"file://{root}/videos/vid_002.mp4"}) + "\n"
+                    + json.dumps({"problem": "Q?", "solution": "<answer>A.</answer>",
+                                  "video": "/elsewhere/machine/vid_003.mp4"}) + "\n")
+    samples, report = load_samples(path, "open_r1_video", mode="grpo")  # absolute paths used as they are
+    assert [s.media[0].path for s in samples] == [f"{root}/videos/vid_002.mp4"]
+    assert report.skipped == {"missing_media": 1}
+    assert samples[0].columns["answer"] == "B." and samples[0].media[0].options == {"nframes": 16, "max_pixels": 196 * 784}
+    # under a media_root an outside absolute path escapes, unless remapped by basename
+    with pytest.raises(DataFormatError, match=r"path_escape=2"):
+        load_samples(path, "open_r1_video", tmp_path, mode="grpo")
+    samples, _ = load_samples(path, "open_r1_video", root / "videos", mode="grpo", path_remap="basename",
+                              video_options={"fps": 1.0})
+    assert [s.media[0].path.rsplit("/", 1)[-1] for s in samples] == ["vid_002.mp4", "vid_003.mp4"]
+    assert samples[0].media[0].options == {"fps": 1.0, "max_pixels": 196 * 784}  # user fps replaces nframes
+    with pytest.raises(DataFormatError, match="supports mode"):
+        load_samples(path, "open_r1_video", mode="sft")
+
+
+def test_time_r1_clamps_and_normalises():
+    (samples, _), _ = _load("time_r1_tg", "grpo")
+    s0, s1 = samples[0], samples[1]
+    assert s0.columns["gt_span"] == [0.5, 1.5] and s0.columns["duration"] == 2.0 and s0.columns["task_type"] == "tg"
+    assert s1.columns["gt_span"] == [round(0.25 * 3.0, 2), 3.0]  # end 6.0 clamped to the 3 s video
+    assert s0.columns["question"] == "the square crosses the frame"
+    first = s0.messages[0]["content"]
+    assert first[0]["type"] == "text" and "the square crosses the frame" in first[0]["text"] and first[1]["type"] == "video"
+    assert s0.id == "my|syn|0"
+
+
+def test_rarft_rows_remap_and_probe_duration():
+    (samples, _), d = _load("rarft_riq", "grpo")
+    assert len(samples) == 2 * (NUM + 1)  # + the truncated video, caught only when decoded
+    ans, ref = samples[0], samples[1]
+    assert ans.columns["task_type"] == "answerable" and ref.columns["task_type"] == "refusable"
+    # record 0 has duration null -> read from the file (16 frames at 8 fps)
+    assert ans.columns["duration"] == pytest.approx(video_frames(0) / FPS)
+    assert ans.columns["gt_span"] == [0.5, 1.5] and ref.columns["gt_span"] is None
+    assert ans.columns["reference_queries"][0].startswith("<answer>There is no circle")
+    assert ref.columns["reference_queries"] == ["the square moves"] and ref.columns["question"] == "the circle moves"
+    # "/home/someone/data/vid_001.mp4" and "../videos/vid_000.mp4" both remapped under media_root
+    assert samples[2].media[0].path == str(d["media_root"] / "vid_001.mp4")
+    (only, _), _ = _load("rarft_riq", "grpo", rows=("refusable",))
+    assert {s.columns["task_type"] for s in only} == {"refusable"}
+
+
+def test_robo2vlm_choices_answers_and_keys():
+    (sft, _), _ = _load("robo2vlm_mcq", "sft")
+    for i, s in enumerate(sft[:NUM]):
+        letter = "ABC"[i % 3]
+        assert s.columns["choices"] == ["left", "middle", "right"]
+        assert s.target == f"{letter}. {['left', 'middle', 'right'][i % 3]}" == s.columns["answer"]
+        assert s.media[0].kind == "image" and s.media[0].data.startswith(b"\x89PNG")
+        assert s.messages[0]["content"][-1]["text"] == (
+            "Where is the white block?\nChoices:\nA. left\nB. middle\nC. right\n")
+    (grpo, _), _ = _load("robo2vlm_mcq", "grpo")
+    assert grpo[0].messages[0]["role"] == "system" and "<answer>" in grpo[0].messages[0]["content"]
+    with pytest.raises(DataFormatError, match=r"missing column\(s\) \['query'\]"):
+        _load("robo2vlm_mcq", "sft", prompt_key="query")
+
+
+def test_video_r2_subtitles_overlay_grounding():
+    (grpo, _), d = _load("video_r2", "grpo")
+    s = grpo[0]
+    ref = s.media[0]
+    assert ref.overlay == ("timestamps", "subtitles") and ref.subtitles.endswith("video_r2/subtitles/vid_000.srt")
+    assert ref.options == {"fps": 2.0, "max_frames": 32, "max_pixels": 360 * 420}
+    assert s.columns["temporal_grounding"] == {"00:01": "The square is visible."}  # null sentence dropped
+    assert s.columns["answer"] == "A. white"
+    (sft, _), _ = _load("video_r2", "sft", overlay=())
+    assert sft[0].media[0].overlay == () and sft[0].media[0].options["fps"] == 1.0
+
+
+def test_smarthome_labels_and_targets():
+    (sft, _), _ = _load("smarthome_vad", "sft")
+    assert [s.columns["solution"] for s in sft[:NUM]] == [label_of(i) for i in range(NUM)]  # Vague -> abnormal
+    assert sft[1].target == "<think>The square is red.</think>\n<answer>abnormal</answer>"
+    (labels, _), _ = _load("smarthome_vad", "sft", sft_target="label")
+    assert labels[1].target == "abnormal" and labels[0].id == "vid_000"
+
+
+def test_context_path_rules(tmp_path):
+    ctx = LoadContext(path=tmp_path / "a.json", media_root=tmp_path / "media", check_media=False)
+    assert ctx.resolve("file://x/y.mp4") == str(tmp_path / "media/x/y.mp4")
+    assert ctx.resolve(str(tmp_path / "media/z.mp4")) == str(tmp_path / "media/z.mp4")
+    for bad in ("../../etc/passwd", "/etc/passwd", "x/../../y.mp4"):
+        with pytest.raises(SkipRecord) as e:
+            ctx.resolve(bad)
+        assert e.value.reason == "path_escape"
+
+
+def test_zero_usable_samples_names_the_file(tmp_path):
+    path = tmp_path / "all_bad.jsonl"
+    path.write_text('{"problem": "q", "solution": "s", "video": "nope.mp4"}\n{broken\n')
+    with pytest.raises(DataFormatError, match=r"all_bad\.jsonl: no usable samples") as e:
+        load_samples(path, "open_r1_video", tmp_path, mode="grpo")
+    assert "missing_media=1" in str(e.value) and "bad_json=1" in str(e.value)
+
+
+@pytest.mark.parametrize("content,fmt,msg", [
+    ('[{"video": "a"},\n  {oops}]', "time_r1_tg", r"bad\.json:2:4: invalid JSON"),
+    ('{"a": 1}', "time_r1_tg", "expected a JSON list"),
+])
+def test_unreadable_files(tmp_path, content, fmt, msg):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(DataFormatError, match=msg):
+        load_samples(path, fmt, mode="grpo")
+
+
+def test_bad_arguments(tmp_path):
+    d = dataset("llava_conv", "sft")
+    with pytest.raises(DataFormatError, match="unknown dataset format"):
+        load_samples(d["path"], "llava")
+    with pytest.raises(DataFormatError, match=r"unknown option\(s\) \['bogus'\]"):
+        load_samples(d["path"], "llava_conv", bogus=1)
+    with pytest.raises(DataFormatError, match="does not exist"):
+        load_samples(tmp_path / "nope.json", "llava_conv")
+    with pytest.raises(DataFormatError, match=r"unknown video option\(s\) \['fpz'\]"):
+        load_samples(d["path"], "llava_conv", d["media_root"], video_options={"fpz": 1})
