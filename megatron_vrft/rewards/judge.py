@@ -41,6 +41,10 @@ class JudgeParseError(Exception):
     """The judge answered, but not in the shape the caller asked for (retried)."""
 
 
+class MalformedResponseError(Exception):
+    """The HTTP body is not a chat completion (an HTML error page from a proxy, ...; retried)."""
+
+
 @dataclass(frozen=True)
 class JudgeConfig:
     """Where the judge is and how hard to try. Hashable: one client per distinct config."""
@@ -118,20 +122,23 @@ def classify(exc: BaseException) -> tuple[str, bool]:
         return f"http_{code}", code in RETRYABLE_STATUS or code >= 500
     if isinstance(exc, JudgeParseError):
         return "unparsable", True
-    if isinstance(exc, (openai.APIResponseValidationError, ValueError)):
-        # a body that is not JSON, or JSON that is not a chat completion
+    if isinstance(exc, (MalformedResponseError, openai.APIResponseValidationError, ValueError)):
+        # a body that is not JSON (ValueError from its decoder), or JSON that is not a chat completion
         return "bad_response", True
     return f"error_{type(exc).__name__}", False
 
 
 def _content(response: Any) -> str:
-    """The first choice's message text; JudgeParseError when the body is not a chat completion."""
+    """The first choice's message text; MalformedResponseError when the body is not a chat completion.
+
+    For a non-JSON body the openai client returns the raw text instead of raising.
+    """
     choices = getattr(response, "choices", None)
     if not choices:
-        raise JudgeParseError("response has no choices")
+        raise MalformedResponseError("response has no choices")
     content = getattr(getattr(choices[0], "message", None), "content", None)
     if not isinstance(content, str):
-        raise JudgeParseError("response message has no text content")
+        raise MalformedResponseError("response message has no text content")
     return content
 
 

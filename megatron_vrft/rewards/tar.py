@@ -4,7 +4,7 @@ Per completion:
 1. the judge turns the ``<think>`` text into ``{"MM:SS" | "MM:SS-MM:SS": short sentence}``;
 2. predicted and ground-truth (``temporal_grounding`` column) claims are matched one-to-one,
    predictions in time order: a pair matches when both intervals, widened by ``buffer_seconds``,
-   overlap and the SBERT cosine of the sentences is >= ``similarity_threshold``; each prediction
+   overlap (so gaps up to 2 * buffer_seconds are bridged) and the SBERT cosine of the sentences is >= ``similarity_threshold``; each prediction
    takes its most similar still-unused GT claim;
 3. score = matches / #predicted claims (0 when the think mentions no timestamp);
 4. the judge also says whether THINK and ANSWER are consistent (TRUE/FALSE);

@@ -23,25 +23,29 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-SLOW_S = 2.0
+SLOW_S = 5.0
 
 
 class FakeJudge:
-    """Server state visible to tests: request log, per-body counts, peak concurrency."""
+    """Server state visible to tests: request log, per-body counts, peak concurrency per model name.
+
+    Concurrency is tracked per model name because slow requests of an earlier test may still be
+    sleeping in the server after their client gave up.
+    """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.requests: list[dict] = []
         self.seen: Counter = Counter()
-        self.in_flight = 0
-        self.peak_in_flight = 0
+        self.in_flight: Counter = Counter()
+        self.peak_in_flight: Counter = Counter()
         self.delay_s = 0.0
 
     def reset(self) -> None:
         with self.lock:
             self.requests.clear()
             self.seen.clear()
-            self.peak_in_flight = 0
+            self.peak_in_flight.clear()
             self.delay_s = 0.0
 
     def count(self, marker: str) -> int:
@@ -85,8 +89,9 @@ def _make_handler(state: FakeJudge):
                 )
                 state.seen[raw] += 1
                 first_time = state.seen[raw] == 1
-                state.in_flight += 1
-                state.peak_in_flight = max(state.peak_in_flight, state.in_flight)
+                model = body["model"]
+                state.in_flight[model] += 1
+                state.peak_in_flight[model] = max(state.peak_in_flight[model], state.in_flight[model])
             try:
                 if state.delay_s:
                     time.sleep(state.delay_s)
@@ -107,7 +112,7 @@ def _make_handler(state: FakeJudge):
                     self._send(200, _completion(body["model"], _answer(system, user)))
             finally:
                 with state.lock:
-                    state.in_flight -= 1
+                    state.in_flight[model] -= 1
 
     return Handler
 
@@ -125,13 +130,19 @@ def _completion(model: str, content: str) -> bytes:
     ).encode()
 
 
+class _Server(ThreadingHTTPServer):
+    # the default listen backlog (5) drops connections of a concurrent batch; the client's SYN
+    # retry then takes a second and looks like a judge timeout
+    request_queue_size = 256
+    daemon_threads = True
+
+
 def start_fake_judge() -> tuple[ThreadingHTTPServer, str, FakeJudge]:
     """Start a fake judge on a random 127.0.0.1 port: (server, base_url, state).
 
     Stop it with ``server.shutdown(); server.server_close()``.
     """
     state = FakeJudge()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(state))
-    server.daemon_threads = True
+    server = _Server(("127.0.0.1", 0), _make_handler(state))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}/v1", state
