@@ -106,8 +106,8 @@ def parse_claims_json(text: str) -> dict:
         raise JudgeParseError("no JSON object in the judge answer")
     try:
         value = json.loads(text[start : end + 1])
-    except ValueError as exc:
-        raise JudgeParseError(f"judge answer is not valid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+        raise JudgeParseError(f"judge answer is not valid JSON: {type(exc).__name__}") from exc
     if not isinstance(value, dict):
         raise JudgeParseError("judge answer is JSON but not an object")
     return value
