@@ -1,0 +1,113 @@
+"""Sampler determinism and resume; DataStream skips undecodable media, logs one line per epoch,
+gives the same micro-batches with 0 and 2 workers, and resumes at exactly the same sample."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from _synthetic import SMALL_VIDEO, dataset
+
+from megatron_vrft.data import load_samples
+from megatron_vrft.data.loader import DataStream, ResumableSampler, SampleDataset
+from megatron_vrft.data.template import VisionTokenIds
+from megatron_vrft.data.testing import build_tiny_tokenizer
+from megatron_vrft.models.qwen2_5_vl.rope_index import RopeIndexConfig
+
+
+def test_sampler_is_deterministic_and_splits_ranks():
+    a, b = ResumableSampler(10, seed=3), ResumableSampler(10, seed=3)
+    assert a.order(0) == b.order(0) and sorted(a.order(0)) == list(range(10))
+    assert a.order(0) != a.order(1) and a.order(0) != ResumableSampler(10, seed=4).order(0)
+    r0, r1 = ResumableSampler(11, seed=3, rank=0, world_size=2), ResumableSampler(11, seed=3, rank=1, world_size=2)
+    assert len(r0.order(0)) == len(r1.order(0)) == 5 and not set(r0.order(0)) & set(r1.order(0))
+    assert list(ResumableSampler(4, shuffle=False)) == [(0, 0), (1, 1), (2, 2), (3, 3)]
+
+
+def test_sampler_state_round_trip():
+    s = ResumableSampler(10, seed=1)
+    s.set_epoch(2)
+    s.position = 7
+    t = ResumableSampler(10, seed=1)
+    t.load_state_dict(s.state_dict())
+    assert list(t) == list(s) and list(t)[0] == (7, s.order(2)[7]) and len(t) == 3
+    with pytest.raises(ValueError, match="num_samples was 10 in the checkpoint, now 12"):
+        ResumableSampler(12, seed=1).load_state_dict(s.state_dict())
+
+
+@pytest.fixture(scope="module")
+def sft_setup():
+    tok = build_tiny_tokenizer()
+    ids = VisionTokenIds.from_tokenizer(tok)
+    d = dataset("llava_conv", "sft")
+    samples, _ = load_samples(d["path"], "llava_conv", d["media_root"], video_options=SMALL_VIDEO)
+    rope = RopeIndexConfig(image_token_id=ids.image_pad, video_token_id=ids.video_pad)
+    return tok, ids, samples, rope, d
+
+
+def _stream(setup, workers, seed=0):
+    tok, _, samples, rope, _ = setup
+    return DataStream(SampleDataset(samples, tok, rope), ResumableSampler(len(samples), seed=seed),
+                      num_workers=workers, fetch_size=2)
+
+
+def _epoch(stream, budget, pad):
+    return [(b.sample_ids, b.input_ids.clone()) for b in stream.micro_batches(budget, pad)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sft_epoch_skips_corrupt_and_logs_once(sft_setup, workers, caplog):
+    _, ids, samples, _, d = sft_setup
+    caplog.set_level(logging.INFO, logger="megatron_vrft.data.loader")
+    stream = _stream(sft_setup, workers)
+    budget = 400
+    batches = _epoch(stream, budget, ids.pad)
+    seen = [sid for b, _ in batches for sid in b]
+    assert len(seen) == len(samples) - 1 and len(set(seen)) == len(seen)  # the truncated mp4 is skipped
+    assert all(x.shape[1] <= budget for _, x in batches)
+    assert dict(stream.reports[0].skipped) == d["decode_skips"] == {"corrupt_media": 1}
+    lines = [r.message for r in caplog.records if "epoch 0" in r.message]
+    assert lines == ["train epoch 0: 6 samples from 7 records; skipped 1 (corrupt_media=1)"]
+    assert stream.sampler.epoch == 1 and stream.sampler.position == 0
+    # same data, same micro-batches, regardless of the number of workers
+    reference = _epoch(_stream(sft_setup, 0), budget, ids.pad)
+    assert [b for b, _ in batches] == [b for b, _ in reference]
+    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(batches, reference))
+
+
+def test_resume_continues_at_the_same_sample(sft_setup):
+    _, ids, _, _, _ = sft_setup
+    budget = 400
+    full = [b for b, _ in _epoch(_stream(sft_setup, 0, seed=5), budget, ids.pad)]
+    assert len(full) >= 3
+    first = _stream(sft_setup, 0, seed=5)
+    it = first.micro_batches(budget, ids.pad)
+    done = [next(it).sample_ids for _ in range(2)]
+    state = first.state_dict()
+    resumed = _stream(sft_setup, 0, seed=5)
+    resumed.load_state_dict(state)
+    rest = [b.sample_ids for b in resumed.micro_batches(budget, ids.pad)]
+    assert done + rest == full
+
+
+def test_grpo_batches_carry_decoded_samples(sft_setup):
+    tok, _, _, rope, _ = sft_setup
+    d = dataset("time_r1_tg", "grpo")
+    samples, _ = load_samples(d["path"], "time_r1_tg", d["media_root"], mode="grpo", video_options=SMALL_VIDEO)
+    stream = DataStream(SampleDataset(samples, tok, rope, task="grpo"), ResumableSampler(len(samples), seed=0))
+    batches = list(stream.grpo_batches(3))
+    assert [len(b) for b in batches] == [3, 3]  # 6 usable of 7 (the truncated mp4 is skipped)
+    item = batches[0][0]
+    assert item.sample.visuals[0].frames.shape[0] == 4 and item.sample.target is None
+    assert item.sequence.target_mask.sum() == 0 and item.sequence.video_grid_thw.shape == (1, 3)
+    assert tok.decode(item.sequence.input_ids).endswith("<|im_start|>assistant\n")
+    assert stream.reports[0].skipped == {"corrupt_media": 1}
+
+
+def test_too_long_is_skipped(sft_setup):
+    tok, _, samples, rope, _ = sft_setup
+    stream = DataStream(SampleDataset(samples[:3], tok, rope, max_length=10), ResumableSampler(3))
+    with pytest.raises(StopIteration):
+        next(iter(stream.micro_batches(100, 0)))
+    assert stream.reports[0].skipped == {"too_long": 3}
