@@ -38,6 +38,7 @@ IMAGE_FACTOR = PATCH_SIZE * SPATIAL_MERGE_SIZE  # 28
 MAX_RATIO = 200
 IMAGE_MIN_PIXELS = 4 * IMAGE_FACTOR**2  # 3,136
 IMAGE_MAX_PIXELS = 16384 * IMAGE_FACTOR**2  # 12,845,056
+RESIZE_CHUNK = 4  # frames per interpolate call in resize_frames
 
 # Short reasons a data loader can count; keep them stable, they end up in skip reports.
 MEDIA_ERROR_REASONS = (
@@ -118,19 +119,30 @@ def smart_resize(
     return h_bar, w_bar
 
 
-def resize_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """uint8 [T, 3, H, W] (or [3, H, W]) -> uint8 [..., height, width], torchvision's tensor BICUBIC.
+def resize_frames(
+    frames: torch.Tensor, height: int, width: int, *, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """uint8 [T, 3, H, W] -> uint8 [T, 3, height, width] with torchvision's tensor BICUBIC + antialias.
 
-    One batched interpolate over all frames; returns `frames` itself when the size is unchanged
-    (torchvision does the same, so no resampling happens for already-aligned videos).
+    Returns `frames` itself when the size is unchanged and no `out` is given (torchvision returns its
+    input then too). `out` (uint8 [T, 3, height, width]) receives the result when given.
+    Frames are resized RESIZE_CHUNK at a time: each frame is resampled independently, so chunking
+    does not change a value, and it keeps the float temporaries small enough to stay in cache and
+    be reused by the allocator instead of page-faulting fresh memory for every video.
+    The input memory layout (e.g. decord's channels-last view) does not change the result either.
     """
+    if frames.dtype != torch.uint8 or frames.dim() != 4:
+        raise ValueError(f"resize_frames expects uint8 [T, C, H, W], got {frames.dtype} {tuple(frames.shape)}")
     if tuple(frames.shape[-2:]) == (height, width):
-        return frames
-    squeeze = frames.dim() == 3
-    x = frames.unsqueeze(0) if squeeze else frames
-    x = F.interpolate(x.to(torch.float32), size=(height, width), mode="bicubic", align_corners=False, antialias=True)
-    x = x.clamp_(0, 255).round_().to(torch.uint8)
-    return x.squeeze(0) if squeeze else x
+        return frames if out is None else out.copy_(frames)
+    if out is None:
+        out = torch.empty((frames.shape[0], frames.shape[1], height, width), dtype=torch.uint8)
+    for start in range(0, frames.shape[0], RESIZE_CHUNK):
+        chunk = frames[start : start + RESIZE_CHUNK]
+        x = torch.empty(chunk.shape, dtype=torch.float32).copy_(chunk)
+        x = F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
+        out[start : start + RESIZE_CHUNK].copy_(x.clamp_(0, 255).round_())
+    return out
 
 
 def _open_image(path_or_bytes: str | os.PathLike | bytes) -> tuple[Image.Image, str | None]:

@@ -29,6 +29,7 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # transformers computes mean * (1.0 / rescale_factor) with rescale_factor = 1/255 in float32.
 _MEAN_255 = torch.tensor(OPENAI_CLIP_MEAN, dtype=torch.float32) * (1.0 / (1 / 255))
 _STD_255 = torch.tensor(OPENAI_CLIP_STD, dtype=torch.float32) * (1.0 / (1 / 255))
+_GROUP_CHUNK = 4  # temporal groups normalised per step in _patchify
 
 
 def _patchify(frames: torch.Tensor, patch: int, temporal: int, merge: int) -> tuple[torch.Tensor, list[int]]:
@@ -37,12 +38,17 @@ def _patchify(frames: torch.Tensor, patch: int, temporal: int, merge: int) -> tu
     if h % (patch * merge) or w % (patch * merge):
         raise ValueError(f"frame size {h}x{w} is not a multiple of patch*merge = {patch * merge}")
     gt, gh, gw = t // temporal, h // patch, w // patch
-    x = frames.view(gt, temporal, c, gh // merge, merge, patch, gw // merge, merge, patch)
+    x = frames.reshape(gt, temporal, c, gh // merge, merge, patch, gw // merge, merge, patch)
     # -> [gt, gh/m, gw/m, m(h), m(w), C, temporal, patch(h), patch(w)]
-    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(gt * gh * gw, c, temporal * patch * patch)
-    # Reordering the uint8 input is 4x cheaper than reordering floats; the arithmetic is elementwise, so
-    # doing it after the reorder gives the same values.  sub() promotes uint8 to float32 exactly.
-    out = torch.sub(x, _MEAN_255.view(1, c, 1)).div_(_STD_255.view(1, c, 1))
+    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    out = torch.empty((gt, gh * gw, c, temporal * patch * patch), dtype=torch.float32)
+    mean, std = _MEAN_255.view(1, c, 1), _STD_255.view(1, c, 1)
+    # The arithmetic is elementwise, so normalising after the reorder gives the same values; working
+    # a few temporal groups at a time keeps each reordered block in cache for the divide.
+    for start in range(0, gt, _GROUP_CHUNK):
+        block = out[start : start + _GROUP_CHUNK]
+        torch.sub(x[start : start + _GROUP_CHUNK].reshape(block.shape), mean, out=block)  # uint8 -> float32 exactly
+        block.div_(std)
     return out.view(gt * gh * gw, c * temporal * patch * patch), [gt, gh, gw]
 
 
@@ -65,7 +71,7 @@ def patchify_video(
         raise ValueError(f"patchify_video: sample_fps must be > 0, got {sample_fps}")
     if pad := -frames.shape[0] % temporal_patch_size:
         frames = torch.cat([frames, frames[-1:].expand(pad, -1, -1, -1)])
-    pixel_values, grid = _patchify(frames.contiguous(), patch_size, temporal_patch_size, merge_size)
+    pixel_values, grid = _patchify(frames, patch_size, temporal_patch_size, merge_size)
     return pixel_values, torch.tensor(grid, dtype=torch.long), temporal_patch_size / sample_fps
 
 
@@ -82,6 +88,6 @@ def patchify_image(
     """
     if image.dtype != torch.uint8 or image.dim() != 3:
         raise ValueError(f"patchify_image expects uint8 [C, H, W], got {image.dtype} {tuple(image.shape)}")
-    frames = image.unsqueeze(0).expand(temporal_patch_size, -1, -1, -1).contiguous()
+    frames = image.unsqueeze(0).expand(temporal_patch_size, -1, -1, -1)
     pixel_values, grid = _patchify(frames, patch_size, temporal_patch_size, merge_size)
     return pixel_values, torch.tensor(grid, dtype=torch.long)

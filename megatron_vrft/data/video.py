@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from concurrent.futures import ThreadPoolExecutor
 
 from megatron_vrft.data.media import (
     IMAGE_FACTOR,
@@ -53,6 +54,7 @@ VIDEO_MIN_PIXELS = 128 * IMAGE_FACTOR**2  # 100,352
 VIDEO_MAX_PIXELS = 768 * IMAGE_FACTOR**2  # 602,112
 DEFAULT_MODEL_SEQ_LEN = 128000
 BACKENDS = ("decord", "pyav")
+DECODE_CHUNK = 8  # frames per decord get_batch call; the next chunk decodes while this one is resized
 
 
 @dataclass(frozen=True)
@@ -181,96 +183,115 @@ def _check_file(path: str) -> None:
         raise MediaError(path, "empty", "zero-byte file")
 
 
-# ---------------------------------------------------------------- decord
+# ---------------------------------------------------------------- backends
 
 
 class _BackendFailure(Exception):
     """A backend could not open/decode the file; the next backend is tried."""
 
 
-def _decord_reader(path: str):
-    import decord
+class _DecordSource:
+    """decord.VideoReader: random access, so frames can be fetched chunk by chunk."""
 
-    try:
-        return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=0)
-    except (RuntimeError, AssertionError, decord.DECORDError) as e:
-        raise _BackendFailure(f"decord cannot open: {e}") from e
+    def __init__(self, path: str):
+        import decord
 
-
-def _decord_batch(vr, indices: list[int]) -> torch.Tensor:
-    import decord
-
-    try:
-        arr = vr.get_batch(indices)
-    except (RuntimeError, decord.DECORDError) as e:
-        raise _BackendFailure(f"decord cannot decode: {e}") from e
-    # A global decord.bridge.set_bridge("torch") makes get_batch return a tensor already.
-    hwc = arr if isinstance(arr, torch.Tensor) else torch.from_numpy(arr.asnumpy())
-    return hwc.permute(0, 3, 1, 2)
-
-
-def _decord_meta(path: str, vr) -> VideoMeta:
-    first = _decord_batch(vr, [0])
-    return VideoMeta(path, float(vr.get_avg_fps()), len(vr), int(first.shape[-1]), int(first.shape[-2]), "decord")
-
-
-# ---------------------------------------------------------------- PyAV
-
-
-def _pyav_open(path: str):
-    import av
-
-    try:
-        container = av.open(path)
-    except (av.FFmpegError, OSError, ValueError) as e:
-        raise _BackendFailure(f"pyav cannot open: {e}") from e
-    if not container.streams.video:
-        container.close()
-        raise MediaError(path, "empty", "no video stream")
-    return container
-
-
-def _pyav_meta(path: str, container) -> VideoMeta:
-    import av
-
-    stream = container.streams.video[0]
-    rate = stream.average_rate or stream.guessed_rate
-    total = stream.frames
-    if not total:
-        # Containers without a frame count (e.g. some mkv/webm): count packets, which needs no decoding.
+        self._errors = (RuntimeError, AssertionError, decord.DECORDError)
         try:
-            total = sum(1 for packet in container.demux(stream) if packet.size)
-        except av.FFmpegError as e:
-            raise _BackendFailure(f"pyav cannot demux: {e}") from e
-        container.seek(0)
-    return VideoMeta(path, float(rate or 0.0), int(total), stream.codec_context.width, stream.codec_context.height, "pyav")
+            self._vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=0)
+        except self._errors as e:
+            raise _BackendFailure(f"decord cannot open: {e}") from e
+        first = self.frames([0])
+        self.meta = VideoMeta(
+            path, float(self._vr.get_avg_fps()), len(self._vr), int(first.shape[-1]), int(first.shape[-2]), "decord"
+        )
+        self.chunk_size = DECODE_CHUNK
+
+    def frames(self, indices: list[int]) -> torch.Tensor:
+        """-> uint8 [len(indices), 3, H, W] (a channels-last view of decord's buffer)."""
+        try:
+            arr = self._vr.get_batch(indices)
+        except self._errors as e:
+            raise _BackendFailure(f"decord cannot decode: {e}") from e
+        # A global decord.bridge.set_bridge("torch") makes get_batch return a tensor already.
+        hwc = arr if isinstance(arr, torch.Tensor) else torch.from_numpy(arr.asnumpy())
+        return hwc.permute(0, 3, 1, 2)
+
+    def close(self) -> None:
+        del self._vr
 
 
-def _pyav_frames(path: str, container, indices: list[int]) -> torch.Tensor:
-    """Decode sequentially and keep the wanted frames (decoded order == presentation order)."""
-    import av
+class _PyAVSource:
+    """PyAV: sequential decoding, so all wanted frames are picked up in one pass."""
 
-    stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
-    wanted: dict[int, list[int]] = {}
-    for pos, idx in enumerate(indices):
-        wanted.setdefault(idx, []).append(pos)
-    out: list[np.ndarray | None] = [None] * len(indices)
-    last = max(indices)
-    try:
-        for i, frame in enumerate(container.decode(stream)):
-            if i in wanted:
-                rgb = frame.to_ndarray(format="rgb24")
-                for pos in wanted[i]:
-                    out[pos] = rgb
-            if i >= last:
-                break
-    except av.FFmpegError as e:
-        raise _BackendFailure(f"pyav cannot decode: {e}") from e
-    missing = [indices[p] for p, a in enumerate(out) if a is None]
-    if missing:
-        raise _BackendFailure(f"pyav decoded too few frames: frame {missing[0]} absent")
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+    def __init__(self, path: str):
+        import av
+
+        self._av = av
+        try:
+            self._container = av.open(path)
+        except (av.FFmpegError, OSError, ValueError) as e:
+            raise _BackendFailure(f"pyav cannot open: {e}") from e
+        try:
+            if not self._container.streams.video:
+                raise MediaError(path, "empty", "no video stream")
+            self._stream = self._container.streams.video[0]
+            self.meta = self._read_meta(path)
+        except BaseException:
+            self._container.close()
+            raise
+        self.chunk_size = None  # one pass over the file
+
+    def _read_meta(self, path: str) -> VideoMeta:
+        stream = self._stream
+        rate = stream.average_rate or stream.guessed_rate
+        total = stream.frames
+        if not total:
+            # Containers without a frame count (e.g. some mkv/webm): count packets, which needs no decoding.
+            try:
+                total = sum(1 for packet in self._container.demux(stream) if packet.size)
+                self._container.seek(0)
+            except self._av.FFmpegError as e:
+                raise _BackendFailure(f"pyav cannot demux: {e}") from e
+        ctx = stream.codec_context
+        return VideoMeta(path, float(rate or 0.0), int(total), ctx.width, ctx.height, "pyav")
+
+    def frames(self, indices: list[int]) -> torch.Tensor:
+        """Decode from the start and keep the wanted frames (decode order == presentation order)."""
+        self._stream.thread_type = "AUTO"
+        wanted: dict[int, list[int]] = {}
+        for pos, idx in enumerate(indices):
+            wanted.setdefault(idx, []).append(pos)
+        out: list[np.ndarray | None] = [None] * len(indices)
+        last = max(indices)
+        try:
+            for i, frame in enumerate(self._container.decode(self._stream)):
+                if i in wanted:
+                    rgb = frame.to_ndarray(format="rgb24")
+                    for pos in wanted[i]:
+                        out[pos] = rgb
+                if i >= last:
+                    break
+        except self._av.FFmpegError as e:
+            raise _BackendFailure(f"pyav cannot decode: {e}") from e
+        missing = [indices[p] for p, a in enumerate(out) if a is None]
+        if missing:
+            raise _BackendFailure(f"pyav decoded too few frames: frame {missing[0]} absent")
+        return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+
+    def close(self) -> None:
+        self._container.close()
+
+
+_SOURCES = {"decord": _DecordSource, "pyav": _PyAVSource}
+
+
+def _backend_order(backend: str | None) -> tuple[str, ...]:
+    if backend is None:
+        return BACKENDS
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown video backend {backend!r}; expected one of {BACKENDS}")
+    return (backend,)
 
 
 # ---------------------------------------------------------------- public API
@@ -282,17 +303,17 @@ def probe_video(path: str | os.PathLike, *, backend: str | None = None) -> Video
     `backend` forces "decord" or "pyav"; None tries decord then PyAV. Raises MediaError.
     """
     path = str(path)
+    order = _backend_order(backend)
     _check_file(path)
     failures = []
-    for name in _backend_order(backend):
+    for name in order:
         try:
-            if name == "decord":
-                return _decord_meta(path, _decord_reader(path))
-            container = _pyav_open(path)
-            with container:
-                return _pyav_meta(path, container)
+            source = _SOURCES[name](path)
         except _BackendFailure as e:
             failures.append(str(e))
+            continue
+        source.close()
+        return source.meta
     raise MediaError(path, "corrupt", "; ".join(failures))
 
 
@@ -321,64 +342,67 @@ def read_video(
     path = str(path)
     if fps is not None and nframes is not None:
         raise ValueError(f"read_video({path}): pass either fps or nframes, not both")
+    order = _backend_order(backend)
     _check_file(path)
     failures = []
-    for name in _backend_order(backend):
+    for name in order:
         try:
-            if name == "decord":
-                vr = _decord_reader(path)
-                meta = _decord_meta(path, vr)
-                indices, sample_fps = _plan(meta, fps, nframes, min_frames, max_frames, video_start, video_end)
-                frames = _decord_batch(vr, indices)
-            else:
-                container = _pyav_open(path)
-                with container:
-                    meta = _pyav_meta(path, container)
-                    indices, sample_fps = _plan(meta, fps, nframes, min_frames, max_frames, video_start, video_end)
-                    frames = _pyav_frames(path, container, indices)
-            break
+            source = _SOURCES[name](path)
+        except _BackendFailure as e:
+            failures.append(str(e))
+            continue
+        try:
+            meta = source.meta
+            start, end, in_range = frame_range(meta.total_frames, meta.fps, video_start, video_end, path=path)
+            n = smart_nframes(
+                in_range, meta.fps, fps=fps, nframes=nframes, min_frames=min_frames, max_frames=max_frames, path=path
+            )
+            indices = sample_indices(start, end, n)
+            height, width = video_frame_size(
+                meta.height, meta.width, n, min_pixels=min_pixels, max_pixels=max_pixels,
+                total_pixels=total_pixels, path=path,
+            )
+            frames = _decode_resized(source, indices, height, width)
         except _BackendFailure as e:
             logger.debug("%s: %s", path, e)
             failures.append(str(e))
-    else:
-        raise MediaError(path, "corrupt", "; ".join(failures))
-
-    height, width = video_frame_size(
-        meta.height,
-        meta.width,
-        len(indices),
-        min_pixels=min_pixels,
-        max_pixels=max_pixels,
-        total_pixels=total_pixels,
-        path=path,
-    )
-    info = VideoInfo(
-        path=path,
-        fps=meta.fps,
-        total_frames=meta.total_frames,
-        duration=meta.duration,
-        width=meta.width,
-        height=meta.height,
-        frame_indices=tuple(indices),
-        timestamps=tuple(i / meta.fps for i in indices),
-        sample_fps=sample_fps,
-        video_backend=meta.backend,
-    )
-    return resize_frames(frames, height, width), info
+            continue
+        finally:
+            source.close()
+        info = VideoInfo(
+            path=path,
+            fps=meta.fps,
+            total_frames=meta.total_frames,
+            duration=meta.duration,
+            width=meta.width,
+            height=meta.height,
+            frame_indices=tuple(indices),
+            timestamps=tuple(i / meta.fps for i in indices),
+            sample_fps=n / max(in_range, 1e-6) * meta.fps,
+            video_backend=meta.backend,
+        )
+        return frames, info
+    raise MediaError(path, "corrupt", "; ".join(failures))
 
 
-def _backend_order(backend: str | None) -> tuple[str, ...]:
-    if backend is None:
-        return BACKENDS
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown video backend {backend!r}; expected one of {BACKENDS}")
-    return (backend,)
+def _decode_resized(source, indices: list[int], height: int, width: int) -> torch.Tensor:
+    """Decode `indices` and resize into one uint8 [T, 3, height, width] buffer.
 
-
-def _plan(meta: VideoMeta, fps, nframes, min_frames, max_frames, video_start, video_end) -> tuple[list[int], float]:
-    """Frame indices to decode and the resulting sample_fps, from container metadata only."""
-    start, end, in_range = frame_range(meta.total_frames, meta.fps, video_start, video_end, path=meta.path)
-    n = smart_nframes(
-        in_range, meta.fps, fps=fps, nframes=nframes, min_frames=min_frames, max_frames=max_frames, path=meta.path
-    )
-    return sample_indices(start, end, n), n / max(in_range, 1e-6) * meta.fps
+    With a random-access source, chunks are decoded on a helper thread while the previous chunk is
+    resized: decoding keeps about one core busy, so the resize runs on the otherwise idle ones.
+    """
+    step = source.chunk_size or len(indices)
+    chunks = [indices[i : i + step] for i in range(0, len(indices), step)]
+    out = torch.empty((len(indices), 3, height, width), dtype=torch.uint8)
+    if len(chunks) == 1:
+        return resize_frames(source.frames(indices), height, width, out=out)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="video-decode") as pool:
+        pending = pool.submit(source.frames, chunks[0])
+        pos = 0
+        for k, chunk in enumerate(chunks):
+            decoded = pending.result()
+            if k + 1 < len(chunks):
+                pending = pool.submit(source.frames, chunks[k + 1])
+            resize_frames(decoded, height, width, out=out[pos : pos + len(chunk)])
+            pos += len(chunk)
+    return out

@@ -109,7 +109,7 @@ def test_falls_back_to_pyav_when_decord_fails(videos, monkeypatch):
     def broken(path):
         raise video_mod._BackendFailure("decord cannot open: simulated")
 
-    monkeypatch.setattr(video_mod, "_decord_reader", broken)
+    monkeypatch.setitem(video_mod._SOURCES, "decord", broken)
     frames, info = read_video(videos["A"], nframes=4, min_pixels=SMALL)
     assert info.video_backend == "pyav"
     assert frame_ids(frames) == [0, 16, 33, 49]
