@@ -3,14 +3,16 @@ bad input is skipped and counted by reason; unusable files are errors naming the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
+import torch
 from _synthetic import NUM, dataset, synthetic_tree
 
 from megatron_vrft.data import DataFormatError, load_samples
 from megatron_vrft.data.adapters._common import LoadContext, split_placeholders
-from megatron_vrft.data.sample import SkipRecord
+from megatron_vrft.data.sample import SkipRecord, decode_media
 from megatron_vrft.data.synthetic import FPS, label_of, video_frames
 
 CASES = [(d["format"], d["mode"]) for d in synthetic_tree()[1]["datasets"]]
@@ -194,3 +196,20 @@ def test_bad_arguments(tmp_path):
         load_samples(tmp_path / "nope.json", "llava_conv")
     with pytest.raises(DataFormatError, match=r"unknown video option\(s\) \['fpz'\]"):
         load_samples(d["path"], "llava_conv", d["media_root"], video_options={"fpz": 1})
+
+
+def test_video_r2_overlay_is_drawn_on_decoded_frames():
+    from megatron_vrft.data.overlay import hhmmss, parse_srt
+
+    (grpo, _), _ = _load("video_r2", "grpo", video_options={"nframes": 4, "min_pixels": 112 * 112, "max_pixels": 112 * 112})
+    plain_ref = dataclasses.replace(grpo[0].media[0], overlay=())
+    drawn = grpo[0].with_visuals().visuals[0]
+    plain = decode_media(plain_ref)
+    diff = (drawn.frames.int() - plain.frames.int()).abs()
+    assert diff[:, :, :14, :].sum() > 0  # timestamp box top-left
+    assert diff[:, :, -14:, :].sum() > 0  # subtitle cue at the bottom (vid_000 has an .srt)
+    assert diff[:, :, 40:70, 40:70].sum() == 0  # the middle of the frame is untouched
+    assert not torch.equal(drawn.pixel_values, plain.pixel_values)
+    cues = parse_srt(grpo[0].media[0].subtitles)
+    assert [(c.start, c.end, c.text) for c in cues] == [(0.0, 1.5, "the square appears"), (1.5, 9.0, "it keeps moving")]
+    assert hhmmss(3725.9) == "01:02:05"
