@@ -292,12 +292,6 @@ def check_parallel_sizes(d: ModelDims, tp: int, pp: int, first_stage_layers: int
     """Raises ``ParallelSizeError`` naming the config field when ``tp``/``pp`` cannot split it."""
     if tp < 1:
         raise ParallelSizeError(f"tensor-parallel size must be >= 1, got {tp}")
-    # TP > num_key_value_heads is fine when TP is a multiple of it: mcore 0.16 then chunks the fused
-    # group-interleaved qkv rows as usual and all-gathers them in attention (get_query_key_value_tensors).
-    if d.ng % tp and tp % d.ng:
-        raise ParallelSizeError(
-            f"tensor-parallel size {tp} neither divides nor is a multiple of text_config.num_key_value_heads={d.ng}"
-        )
     fields = {
         "text_config.num_attention_heads": d.nh,
         "text_config.intermediate_size": d.ffn,
@@ -308,6 +302,12 @@ def check_parallel_sizes(d: ModelDims, tp: int, pp: int, first_stage_layers: int
     for field, value in fields.items():
         if value % tp:
             raise ParallelSizeError(f"tensor-parallel size {tp} does not divide {field}={value}")
+    # TP > num_key_value_heads is fine when TP is a multiple of it: mcore 0.16 then chunks the fused
+    # group-interleaved qkv rows as usual and all-gathers them in attention (get_query_key_value_tensors).
+    if d.ng % tp and tp % d.ng:
+        raise ParallelSizeError(
+            f"tensor-parallel size {tp} neither divides nor is a multiple of text_config.num_key_value_heads={d.ng}"
+        )
     layer_split(d.layers, pp, first_stage_layers)
 
 
