@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from megatron_vrft.data.sample import Sample
-from megatron_vrft.data.template import VisionTokenIds, encode_chat, encode_prompt
+from megatron_vrft.data.template import encode_chat, encode_prompt
 from megatron_vrft.models.qwen2_5_vl.rope_index import RopeIndexConfig, extend_positions, get_rope_index
 
 
@@ -232,7 +232,3 @@ def pack_items(items: list[SequenceItem], budget: int, pad_id: int, *, method: s
     """`plan_micro_batches` + `pack` for each micro-batch."""
     plan = plan_micro_batches([len(item) for item in items], budget, method)
     return [pack([items[i] for i in group], pad_id, pad_to_multiple_of=pad_to_multiple_of) for group in plan]
-
-
-def pad_id_of(tokenizer) -> int:
-    return VisionTokenIds.from_tokenizer(tokenizer).pad

@@ -11,7 +11,7 @@ import torch
 from _synthetic import NUM, dataset, synthetic_tree
 
 from megatron_vrft.data import DataFormatError, load_samples
-from megatron_vrft.data.adapters._common import LoadContext, split_placeholders
+from megatron_vrft.data.adapters._common import LoadContext, read_json_any, split_placeholders
 from megatron_vrft.data.sample import SkipRecord, decode_media
 from megatron_vrft.data.synthetic import FPS, label_of, video_frames
 
@@ -177,7 +177,8 @@ def test_zero_usable_samples_names_the_file(tmp_path):
 
 @pytest.mark.parametrize("content,fmt,msg", [
     ('[{"video": "a"},\n  {oops}]', "time_r1_tg", r"bad\.json:2:4: invalid JSON"),
-    ('{"a": 1}', "time_r1_tg", "expected a JSON list"),
+    ('"a string"', "time_r1_tg", "expected a JSON list of records, got str"),
+    ('{"a": 1}', "time_r1_tg", r"(?s)bad\.json: no usable samples.*missing_key=1"),
 ])
 def test_unreadable_files(tmp_path, content, fmt, msg):
     path = tmp_path / "bad.json"
@@ -213,3 +214,15 @@ def test_video_r2_overlay_is_drawn_on_decoded_frames():
     cues = parse_srt(grpo[0].media[0].subtitles)
     assert [(c.start, c.end, c.text) for c in cues] == [(0.0, 1.5, "the square appears"), (1.5, 9.0, "it keeps moving")]
     assert hhmmss(3725.9) == "01:02:05"
+
+
+@pytest.mark.parametrize("content,n", [
+    ('{"problem": "q", "solution": "s", "video": "v.mp4"}', 1),  # one JSON-lines record named .json
+    ('{"data": [{"problem": "q", "solution": "s", "video": "v.mp4"}]}', 1),  # wrapped list
+    ('{"problem": "q", "solution": "s", "video": "v.mp4"}\n{"problem": "q", "solution": "s", "video": "v.mp4"}\n', 2),
+])
+def test_json_layouts(tmp_path, content, n):
+    path = tmp_path / "t.json"
+    path.write_text(content)
+    records = list(read_json_any(path))
+    assert len(records) == n and all(r["problem"] == "q" for _, r in records)

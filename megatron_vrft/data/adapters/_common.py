@@ -144,22 +144,32 @@ class LoadContext:
 # ---------------------------------------------------------------------- readers
 
 
-def read_json_list(path: Path) -> Iterator[tuple[int, Any]]:
-    """(index, record) of a JSON list file; a syntax error is fatal and names line/column."""
+WRAPPER_KEYS = ("data", "annotations", "samples", "records")
+
+
+def _load_json(path: Path) -> Any:
     try:
         with open(path, encoding="utf-8-sig") as f:
-            data = json.load(f)
+            return json.load(f)
     except json.JSONDecodeError as e:
         raise DataFormatError(f"{path}:{e.lineno}:{e.colno}: invalid JSON ({e.msg})") from None
+
+
+def _unwrap(path: Path, data: Any) -> list:
+    # Some exports wrap the list: {"data": [...]} / {"annotations": [...]}.
     if isinstance(data, dict):
-        # Some exports wrap the list: {"data": [...]} / {"annotations": [...]}.
-        lists = [v for v in data.values() if isinstance(v, list)]
-        if len(lists) != 1:
-            raise DataFormatError(f"{path}: expected a JSON list of records, got an object with keys {sorted(data)[:8]}")
-        data = lists[0]
+        for key in WRAPPER_KEYS:
+            if isinstance(data.get(key), list):
+                return data[key]
+        raise DataFormatError(f"{path}: expected a JSON list of records, got an object with keys {sorted(data)[:8]}")
     if not isinstance(data, list):
         raise DataFormatError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-    yield from enumerate(data)
+    return data
+
+
+def read_json_list(path: Path) -> Iterator[tuple[int, Any]]:
+    """(index, record) of a JSON list file; a syntax error is fatal and names line/column."""
+    yield from enumerate(_unwrap(path, _load_json(path)))
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
@@ -175,11 +185,20 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def read_json_any(path: Path) -> Iterator[tuple[int, Any]]:
-    """JSON list or JSON lines, by content (several datasets ship both under .json)."""
-    with open(path, encoding="utf-8-sig") as f:
-        head = f.read(4096).lstrip()
-    if path.suffix == ".jsonl" or (head.startswith("{") and "\n{" in head):
+    """A JSON list (possibly wrapped in ``{"data": [...]}``) or JSON lines, by content: several
+    datasets ship JSON lines under a ``.json`` name."""
+    if path.suffix == ".jsonl":
         return read_jsonl(path)
+    with open(path, encoding="utf-8-sig") as f:
+        head = f.read(4096).lstrip()[:1]
+    if head == "{":
+        try:
+            data = _load_json(path)
+        except DataFormatError:
+            return read_jsonl(path)  # several objects, one per line
+        if isinstance(data, dict) and not any(isinstance(data.get(k), list) for k in WRAPPER_KEYS):
+            return read_jsonl(path)  # a single-record JSON-lines file
+        return enumerate(_unwrap(path, data))
     return read_json_list(path)
 
 
