@@ -13,6 +13,7 @@ The gold ``answer`` column holds a letter, a 0-based index, or the choice text.
 
 from __future__ import annotations
 
+import numbers
 import re
 
 from .registry import RewardInputError, column, register_reward
@@ -52,10 +53,10 @@ def _gold_index(answer: object, choices: list[str], index: int) -> int:
     where = f"reward 'mc_accuracy': row {index}"
     if isinstance(answer, bool):
         raise RewardInputError(f"{where}: answer is a bool ({answer!r}); give a letter, index or text")
-    if isinstance(answer, int):
+    if isinstance(answer, numbers.Integral):  # also numpy integers from parquet columns
         if not 0 <= answer < len(choices):
             raise RewardInputError(f"{where}: answer index {answer} is outside the {len(choices)} choices")
-        return answer
+        return int(answer)
     if not isinstance(answer, str):
         raise RewardInputError(f"{where}: answer must be a letter, 0-based index or choice text, got {answer!r}")
     block = last_block(answer, "answer")

@@ -1,5 +1,6 @@
 """mc_accuracy: letter / letter+text / text answers against letter, index or text gold answers."""
 
+import numpy as np
 import pytest
 
 from megatron_vrft.rewards import RewardInputError, get_reward
@@ -34,7 +35,7 @@ def test_prediction_forms(completion, expected):
     assert mc([completion], choices=[CHOICES], answer=["B"]) == [expected]
 
 
-@pytest.mark.parametrize("gold", ["B", 1, "a phone", "B. a phone", "<answer>B.</answer>"])
+@pytest.mark.parametrize("gold", ["B", 1, np.int64(1), "a phone", "B. a phone", "<answer>B.</answer>"])
 def test_gold_forms(gold):
     assert mc(["<answer>B</answer>", "<answer>C</answer>"], choices=[CHOICES] * 2, answer=[gold] * 2) == [1.0, 0.0]
 
