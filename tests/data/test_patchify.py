@@ -51,7 +51,7 @@ def test_image_full_path_matches_hf_resize(tmp_path, min_pixels, max_pixels):
     assert (pixel_values - out["pixel_values"]).abs().max().item() <= TOL
 
 
-@pytest.mark.parametrize("n_frames", [4, 3, 1])
+@pytest.mark.parametrize("n_frames", [4, 3, 1, 11])  # 11: several normalisation chunks, odd
 def test_video_matches_hf_image_processor_per_frame(n_frames):
     h, w = 56, 84
     frames = torch.randint(0, 256, (n_frames, 3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(7))

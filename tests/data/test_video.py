@@ -205,6 +205,33 @@ def test_resize_frames_identity_and_clamp():
     assert torch.equal(resize_frames(flat, 56, 84), torch.full((1, 3, 56, 84), 77, dtype=torch.uint8))
 
 
+def test_resize_frames_matches_torchvision_op_sequence():
+    # torchvision's tensor resize on a whole (channels-last, as decord gives) uint8 batch: float32
+    # interpolate, clamp, round, cast. Chunking and the output buffer must not change any value.
+    hwc = torch.randint(0, 256, (10, 50, 70, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    frames = hwc.permute(0, 3, 1, 2)
+    for size in [(56, 84), (28, 56), (112, 140)]:
+        x = torch.nn.functional.interpolate(
+            frames.to(torch.float32), size=size, mode="bicubic", align_corners=False, antialias=True
+        )
+        expected = x.clamp(0, 255).round().to(torch.uint8)
+        assert torch.equal(resize_frames(frames, *size), expected), size
+
+
+def test_decode_failure_in_a_later_chunk_falls_back(videos, monkeypatch):
+    original = video_mod._DecordSource.frames
+
+    def fail_after_first_chunk(self, indices):
+        if indices[0] > 0:
+            raise video_mod._BackendFailure("decord cannot decode: simulated")
+        return original(self, indices)
+
+    monkeypatch.setattr(video_mod._DecordSource, "frames", fail_after_first_chunk)
+    frames, info = read_video(videos["A"], nframes=20, min_pixels=SMALL)  # chunks of 8: fails on the 2nd
+    assert info.video_backend == "pyav"
+    assert frame_ids(frames) == list(info.frame_indices) and len(info.frame_indices) == 20
+
+
 def test_linspace_rounding_is_half_to_even():
     # qwen-vl-utils rounds torch.linspace values with torch.round (ties to even): 4.5 -> 4, 5.5 -> 6.
     assert video_mod.sample_indices(0, 9, 3) == [0, 4, 9]
