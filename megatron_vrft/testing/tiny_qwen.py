@@ -21,7 +21,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["TINY_SHAPES", "tiny_hf_config", "tiny_hf_model", "save_tiny_hf", "tiny_vl_batch"]
+__all__ = [
+    "TINY_SHAPES",
+    "IMAGE_TOKEN_ID",
+    "VIDEO_TOKEN_ID",
+    "tiny_hf_config",
+    "tiny_hf_model",
+    "save_tiny_hf",
+    "tiny_vl_batch",
+]
 
 # Token ids of the tiny vocabulary (they must be < vocab_size).
 IMAGE_TOKEN_ID = 100
