@@ -18,8 +18,10 @@
 - resize: torchvision's tensor BICUBIC with antialias (see `media.resize_frames`).
 
 Backends: decord first (what qwen-vl-utils uses when torchcodec is absent), PyAV when decord cannot
-open or decode the file. The two can differ by a few levels in YUV->RGB conversion; frame indices
-and sizes are the same. Every failure that belongs to the file raises `media.MediaError`.
+open or decode the file. Only the sampled frames are decoded; with decord, chunk k+1 is decoded on a
+helper thread while chunk k is resized (decord releases the GIL). The two backends can differ by a
+few levels in YUV->RGB conversion; frame indices and sizes are the same. Every failure that belongs
+to the file raises `media.MediaError`.
 """
 
 from __future__ import annotations
@@ -27,12 +29,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from concurrent.futures import ThreadPoolExecutor
 
 from megatron_vrft.data.media import (
     IMAGE_FACTOR,
