@@ -27,7 +27,7 @@ from megatron_vrft.checkpoint.hf_io import (
 from megatron_vrft.checkpoint.mcore_io import METADATA, McoreCheckpoint, build_metadata, rank_dir, write_rank_file
 from megatron_vrft.models.qwen2_5_vl import weights as W
 
-__all__ = ["convert_hf_to_mcore", "convert_mcore_to_hf", "run_cli"]
+__all__ = ["convert_hf_to_mcore", "convert_mcore_to_hf", "check_same_model", "run_cli"]
 
 
 def _progress(total: int, desc: str, enabled: bool) -> tqdm:
@@ -74,7 +74,7 @@ _CONFIG_FIELDS = {  # ModelDims field -> the config.json field it comes from, fo
 }
 
 
-def _check_same_model(cfg: Any, other: Any, where: Path) -> None:
+def check_same_model(cfg: Any, other: Any, where: Path) -> None:
     a, b = W.model_dims(cfg), W.model_dims(other)
     for field in a.__dataclass_fields__:
         if getattr(a, field) != getattr(b, field):
@@ -95,7 +95,7 @@ def convert_mcore_to_hf(mcore_dir: str | Path, out_dir: str | Path, *, hf_config
     ck = McoreCheckpoint(mcore_dir)
     cfg = ck.config
     if hf_config_dir is not None:
-        _check_same_model(cfg, read_hf_config(hf_config_dir)[1], Path(hf_config_dir))
+        check_same_model(cfg, read_hf_config(hf_config_dir)[1], Path(hf_config_dir))
     kw = dict(tp_size=ck.tp, pp_size=ck.pp, first_stage_layers=ck.first_stage_layers)
     plan = _plan(W.mcore_to_hf(ck.meta_tensor, cfg, **kw))
     with atomic_dir(out_dir, overwrite=overwrite, marker=False) as tmp, \
