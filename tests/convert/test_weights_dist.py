@@ -1,9 +1,12 @@
-"""``load_into_model`` and ``export_hf_state`` on gloo at TP=2 and at PP=2 (two processes).
+"""``load_into_model``, ``export_hf_state`` and the mcore checkpoint save/load on gloo at TP=2 and at
+PP=2 (two processes): a checkpoint saved at TP=2 is loaded (resharded) at PP=2 and at TP=2 again.
 
 The model here is a stand-in with exactly the contract's parameter names and this rank's shard
 shapes (``mcore_shapes``), so the collective gather/broadcast logic is tested independently of the
 mcore model; the model's own parity tests load the real ``Qwen25VLModel`` with the same function.
 """
+
+from pathlib import Path
 
 import torch
 
@@ -24,18 +27,20 @@ def _stand_in_model(shapes):
     return root
 
 
-def load_and_export(rank, cfg_dict, sd):
+def load_and_export(rank, cfg_dict, sd, ckpt_dir):
     from megatron_vrft.runtime import destroy_distributed
 
     torch.set_num_threads(1)
     try:
-        return [_load_and_export_layout(cfg_dict, sd, tp, pp) for tp, pp in ((2, 1), (1, 2))]
+        return [_load_and_export_layout(cfg_dict, sd, tp, pp, ckpt_dir) for tp, pp in ((2, 1), (1, 2), (2, 1))]
     finally:
         destroy_distributed()
 
 
-def _load_and_export_layout(cfg_dict, sd, tp, pp):
+def _load_and_export_layout(cfg_dict, sd, tp, pp, ckpt_dir):
     from megatron.core import parallel_state as ps
+
+    from megatron_vrft.checkpoint.mcore_io import load_mcore_checkpoint, save_mcore_checkpoint
 
     from megatron_vrft.models.qwen2_5_vl import weights as W
     from megatron_vrft.runtime import init_distributed
@@ -53,6 +58,11 @@ def _load_and_export_layout(cfg_dict, sd, tp, pp):
         exported = dict(W.export_hf_state(model, cfg))
         want = set(W.hf_shapes(cfg))
         export_ok = set(exported) == want and all(torch.equal(exported[n], canon[n]) for n in want)
+        from_disk = _stand_in_model(shapes)
+        if tp == 2 and not (Path(ckpt_dir) / "COMPLETE").exists():
+            save_mcore_checkpoint(model, ckpt_dir, cfg)
+        load_mcore_checkpoint(from_disk, ckpt_dir)  # direct at TP=2, resharded at PP=2
+        loaded_ok &= all(torch.equal(p, expected[n]) for n, p in from_disk.state_dict().items())
         strict_msg = ""
         if pp_rank == pp - 1:  # a parameter the map does not know -> strict error naming it
             model.language_model.decoder.final_layernorm.register_parameter(
@@ -66,11 +76,12 @@ def _load_and_export_layout(cfg_dict, sd, tp, pp):
         ps.destroy_model_parallel()  # keep the process group: the next layout reuses it
 
 
-def test_load_and_export_tp2_and_pp2():
+def test_load_and_export_tp2_and_pp2(tmp_path):
     """Tied + MQA: at PP=2 the last stage's output layer is loaded from embed_tokens; TP=2 > 1 KV head."""
     hf = tiny_hf_model(seed=0, **TINY_SHAPES["tied_mqa"])
     sd = {k: v.detach().clone() for k, v in hf.state_dict().items()}  # transformers-5 in-memory names
-    per_rank = run_distributed(load_and_export, world_size=2, args=(hf.config.to_dict(), sd), timeout=240)
+    per_rank = run_distributed(load_and_export, world_size=2, args=(hf.config.to_dict(), sd, str(tmp_path / "ck")),
+                               timeout=240)
     for layouts in per_rank:
         for loaded_ok, export_ok, strict_msg, last_stage in layouts:
             assert loaded_ok and export_ok
