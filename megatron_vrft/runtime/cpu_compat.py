@@ -34,6 +34,7 @@ class CudaToCpuMode(TorchFunctionMode):
     """Runs a block of mcore code as if the CPU were the CUDA device.
 
     - ``device="cuda"`` / ``device=0`` keyword arguments of tensor factories become ``"cpu"``;
+      ``Tensor.cuda()`` returns the tensor itself, ``Tensor.to("cuda")`` stays on the CPU;
     - ``Tensor.type()`` (no argument) of a CPU tensor reports the CUDA type name
       (``torch.cuda.FloatTensor``): mcore's optimizers classify parameters by that string only to
       pick the fp16/bf16/fp32 code path, so reporting the CUDA name selects the right path.
@@ -43,6 +44,10 @@ class CudaToCpuMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is torch.Tensor.cuda:
+            return args[0]
+        if func is torch.Tensor.to and len(args) > 1 and _is_cuda_device(args[1]):
+            args = (args[0], "cpu", *args[2:])
         device = kwargs.get("device")
         if device is not None and _is_cuda_device(device):
             kwargs = {**kwargs, "device": "cpu"}

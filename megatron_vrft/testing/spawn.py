@@ -54,9 +54,10 @@ def run_distributed(
     out_queue = ctx.Queue()
     port = free_port()
     child_env = {"OMP_NUM_THREADS": "1", **(env or {})}
+    # Not daemonic: mcore's checkpoint writer starts helper processes of its own.
     procs = [
         ctx.Process(
-            target=_worker, args=(fn, r, world_size, port, args, out_queue, child_env), daemon=True
+            target=_worker, args=(fn, r, world_size, port, args, out_queue, child_env)
         )
         for r in range(world_size)
     ]
