@@ -48,6 +48,7 @@ _TEXT = dict(
     max_position_embeddings=512,
     rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
     hidden_act="silu",
+    initializer_range=0.05,  # larger than HF's 0.02 so that a mapping error moves the outputs visibly
     bos_token_id=104,
     eos_token_id=105,
 )
@@ -65,6 +66,7 @@ _VISION = dict(
     fullatt_block_indexes=[1],
     tokens_per_second=2,
     hidden_act="silu",
+    initializer_range=0.05,
 )
 
 # Named shapes used by the parity tests: overrides for tiny_hf_config.
