@@ -136,6 +136,7 @@ _SCHED = "megatron.core.pipeline_parallel.schedules"
 _OPT = "megatron.core.optimizer.optimizer"
 _CLIP = "megatron.core.optimizer.clip_grads"
 _DIST_OPT = "megatron.core.optimizer.distrib_optimizer.DistributedOptimizer"
+_LM = "megatron.core.models.common.language_module.language_module.LanguageModule"
 
 PATCHES: dict[str, Patch] = {
     p.name: p
@@ -218,6 +219,14 @@ PATCHES: dict[str, Patch] = {
                 (_DIST_OPT, "sharded_state_dict", _wrap),
                 (_DIST_OPT, "load_state_dict", _wrap),
             ],
+        ),
+        Patch(
+            "tied_embedding_sync",
+            # With tied embeddings and PP > 1 the last stage holds a copy of the word embeddings;
+            # setup_embeddings_and_output_layer moves it with ``weight.data.cuda()`` before the
+            # all-reduce that makes both copies equal (Qwen2.5-VL-3B ties its embeddings).
+            "LanguageModule.setup_embeddings_and_output_layer",
+            [(_LM, "setup_embeddings_and_output_layer", _wrap)],
         ),
     ]
 }

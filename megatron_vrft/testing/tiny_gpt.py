@@ -31,7 +31,7 @@ class TinyGPTShape:
         return self.hidden // self.heads
 
 
-def build_tiny_gpt(shape: TinyGPTShape = TinyGPTShape()):
+def build_tiny_gpt(shape: TinyGPTShape = TinyGPTShape(), *, tied: bool = False):
     """This rank's stage of the GPTModel (local spec + SDPA core attention), fp32, CPU init."""
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
@@ -70,7 +70,7 @@ def build_tiny_gpt(shape: TinyGPTShape = TinyGPTShape()):
         max_sequence_length=256,
         position_embedding_type="mrope",
         rotary_base=10000,
-        share_embeddings_and_output_weights=False,
+        share_embeddings_and_output_weights=tied,
         pre_process=ps.is_pipeline_first_stage(),
         post_process=ps.is_pipeline_last_stage(),
     )

@@ -34,16 +34,6 @@ SPLITS = {
 }
 CASES = [(shape, split) for shape, splits in SPLITS.items() for split in splits]
 
-# megatron-core's LanguageModule.setup_embeddings_and_output_layer calls ``weight.data.cuda()`` when
-# tied embeddings span PP stages; the CPU compatibility layer does not cover it yet (asked of the
-# runtime owner). strict: once it does, these XPASS and the marker must go.
-_TIED_PP_ON_CPU = pytest.mark.xfail(
-    not torch.cuda.is_available(),
-    reason="runtime/cpu_compat lacks a patch for LanguageModule.setup_embeddings_and_output_layer (Tensor.cuda)",
-    strict=True,
-)
-
-
 @pytest.fixture(scope="module")
 def refs():
     return {shape: hf_reference(shape) for shape in SPLITS}
@@ -72,8 +62,7 @@ def test_rope_index_matches_hf_get_rope_index(refs):
 @pytest.mark.parametrize(
     "shape,split",
     [
-        pytest.param(shape, split, id=f"{shape}-tp{split[0]}pp{split[1]}",
-                     marks=[_TIED_PP_ON_CPU] if shape == "tied_mqa" and split[1] > 1 else [])
+        pytest.param(shape, split, id=f"{shape}-tp{split[0]}pp{split[1]}")
         for shape, split in CASES
     ],
 )

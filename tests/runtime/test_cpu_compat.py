@@ -119,11 +119,33 @@ def probe_results():
     return res
 
 
+def probe_tied_pp2(rank):
+    """Tied embeddings across 2 pipeline stages: error without the patch, equal copies with it."""
+    from megatron_vrft.runtime import init_distributed
+    from megatron_vrft.testing.tiny_gpt import build_tiny_gpt
+
+    init_distributed(pp=2, seed=3)
+    error = None
+    with cpu_compat.without("tied_embedding_sync"):
+        try:
+            build_tiny_gpt(SHAPE, tied=True)
+        except Exception as e:  # noqa: BLE001 - the failure is the point
+            error = f"{type(e).__name__}: {e}"
+    model = build_tiny_gpt(SHAPE, tied=True)
+    return error, float(model.shared_embedding_or_output_weight().double().sum())
+
+
+def test_tied_embedding_sync_patch_across_pp_stages():
+    results = run_distributed(probe_tied_pp2, 2, timeout=300)
+    assert all(error is not None for error, _ in results), results
+    assert results[0][1] == pytest.approx(results[1][1], rel=1e-12)
+
+
 def test_every_patch_is_probed():
-    assert set(PROBES) | {"grad_norm_and_clip"} == set(cpu_compat.PATCHES)
+    assert set(PROBES) | {"grad_norm_and_clip", "tied_embedding_sync"} == set(cpu_compat.PATCHES)
 
 
-@pytest.mark.parametrize("name", sorted(cpu_compat.PATCHES))
+@pytest.mark.parametrize("name", sorted(set(cpu_compat.PATCHES) - {"tied_embedding_sync"}))
 def test_patch_is_needed_and_sufficient(probe_results, name):
     assert probe_results[name] is not None, f"{name}: the mcore function it serves ran without it"
 
