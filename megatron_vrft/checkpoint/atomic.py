@@ -1,58 +1,26 @@
-"""Atomic output directories and the streaming safetensors writer shared by every checkpoint writer.
+"""Atomic output directories for every checkpoint writer.
 
-``atomic_dir(out)`` hands out ``OUT.tmp-<pid>``; when the block succeeds every file in it has been
-fsynced, the optional ``COMPLETE`` marker is written last, and the directory is renamed to ``OUT``
-(so a reader never sees a half-written ``OUT``). On any exception the temp dir is removed.
-
-``write_safetensors(path, plan, tensors)`` writes a valid safetensors file while holding ONE tensor
-at a time: the header (names, dtypes, shapes, offsets) is known in advance from ``plan``, then the
-tensors are streamed in plan order. ``safetensors.torch.save_file`` needs every tensor of a file in
-memory at once, which for a 7B rank file is several GB; this is the reason for a writer of our own
-(the files are read back with the ``safetensors`` library everywhere).
+``atomic_dir(out)`` hands out ``OUT.tmp-<pid>``; when the block succeeds every directory in it is
+fsynced (files are fsynced by their writers), the optional ``COMPLETE`` marker is written last, and
+the directory is renamed to ``OUT`` (a reader never sees a half-written ``OUT``). On any exception,
+Ctrl-C included, the temp dir is removed and nothing appears at ``OUT``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import struct
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterator
 
-import torch
-
-__all__ = ["CheckpointError", "COMPLETE", "TensorSpec", "atomic_dir", "is_complete", "write_safetensors"]
+__all__ = ["CheckpointError", "COMPLETE", "atomic_dir", "is_complete"]
 
 COMPLETE = "COMPLETE"
 
 
 class CheckpointError(ValueError):
     """A checkpoint directory/file that cannot be read or written as asked (message names it)."""
-
-
-_ST_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
-ST_TO_TORCH = {v: k for k, v in _ST_DTYPES.items()}
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-
-    @property
-    def nbytes(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n * torch.empty((), dtype=self.dtype).element_size()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -104,53 +72,3 @@ def atomic_dir(out: str | Path, *, overwrite: bool = False, marker: bool = True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _as_bytes(t: torch.Tensor) -> memoryview:
-    t = t.detach().contiguous().reshape(-1)
-    return memoryview(t.view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
-
-
-def write_safetensors(
-    path: str | Path,
-    plan: list[TensorSpec],
-    tensors: Iterable[tuple[str, torch.Tensor]],
-    *,
-    metadata: dict[str, str] | None = None,
-    on_tensor: Callable[[int], None] | None = None,
-) -> int:
-    """Streams ``tensors`` (same names/dtypes/shapes and order as ``plan``) into a safetensors file.
-
-    Returns the bytes of tensor data written. The file is fsynced. A tensor that disagrees with
-    its plan entry raises ``CheckpointError`` naming it.
-    """
-    header: dict = {}
-    offset = 0
-    for s in plan:
-        if s.dtype not in _ST_DTYPES:
-            raise CheckpointError(f"tensor {s.name}: dtype {s.dtype} cannot be stored in safetensors")
-        header[s.name] = {"dtype": _ST_DTYPES[s.dtype], "shape": list(s.shape), "data_offsets": [offset, offset + s.nbytes]}
-        offset += s.nbytes
-    header["__metadata__"] = {"format": "pt", **(metadata or {})}
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # keep the data 8-byte aligned, as the safetensors library does
-    done = 0
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        it = iter(tensors)
-        for spec in plan:
-            name, t = next(it, (None, None))
-            if name != spec.name or t.dtype != spec.dtype or tuple(t.shape) != spec.shape:
-                got = "nothing" if name is None else f"{name} {t.dtype} {list(t.shape)}"
-                raise CheckpointError(f"{path}: expected tensor {spec.name} {spec.dtype} {list(spec.shape)}, got {got}")
-            f.write(_as_bytes(t))
-            done += spec.nbytes
-            if on_tensor is not None:
-                on_tensor(spec.nbytes)
-        extra = next(it, None)
-        if extra is not None:
-            raise CheckpointError(f"{path}: tensor {extra[0]} is not in the file plan")
-        f.flush()
-        os.fsync(f.fileno())
-    return done

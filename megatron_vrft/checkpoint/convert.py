@@ -16,7 +16,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from megatron_vrft.checkpoint.atomic import CheckpointError, TensorSpec, atomic_dir
+from megatron_vrft.checkpoint.atomic import CheckpointError, atomic_dir
 from megatron_vrft.checkpoint.hf_io import (
     DEFAULT_MAX_SHARD_BYTES,
     HFCheckpoint,
@@ -24,7 +24,8 @@ from megatron_vrft.checkpoint.hf_io import (
     read_hf_config,
     write_hf_checkpoint,
 )
-from megatron_vrft.checkpoint.mcore_io import METADATA, McoreCheckpoint, build_metadata, rank_dir, write_rank_file
+from megatron_vrft.checkpoint.mcore_io import METADATA, McoreCheckpoint, build_metadata, rank_dir, rank_writer
+from megatron_vrft.checkpoint.stream import TensorSpec
 from megatron_vrft.models.qwen2_5_vl import weights as W
 
 __all__ = ["convert_hf_to_mcore", "convert_mcore_to_hf", "check_same_model", "run_cli"]
@@ -33,6 +34,21 @@ __all__ = ["convert_hf_to_mcore", "convert_mcore_to_hf", "check_same_model", "ru
 def _progress(total: int, desc: str, enabled: bool) -> tqdm:
     return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=not enabled,
                 dynamic_ncols=True)
+
+
+class _RecentReads:
+    """``get`` with the last three tensors kept: TP rank r+1 asks for the family rank r just read
+    (a family has at most three HF tensors: q, k, v)."""
+
+    def __init__(self, get):
+        self._get, self._recent = get, {}
+
+    def __call__(self, name: str):
+        if name not in self._recent:
+            if len(self._recent) == 3:
+                self._recent.pop(next(iter(self._recent)))
+            self._recent[name] = self._get(name)
+        return self._recent[name]
 
 
 def _plan(tensors) -> list[TensorSpec]:
@@ -52,10 +68,21 @@ def convert_hf_to_mcore(hf_dir: str | Path, out_dir: str | Path, *, tp: int = 1,
     dtype = src.specs["model.embed_tokens.weight"].dtype
     total = sum(s.nbytes for plan in plans.values() for s in plan)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp, _progress(total, "hf->mcore", progress) as bar:
-        for t, p in ranks:
-            bar.set_postfix_str(rank_dir(t, p))
-            write_rank_file(tmp, t, p, W.hf_to_mcore(src.get, cfg, tp_rank=t, pp_rank=p, **kw), plans[(t, p)],
-                            on_tensor=bar.update)
+        for p in range(pp):
+            # all TP ranks of a stage in lockstep: each HF tensor is read once for every rank
+            bar.set_postfix_str(f"pp stage {p}")
+            reads = _RecentReads(src.get)
+            writers = [rank_writer(tmp, t, p, plans[(t, p)], on_tensor=bar.update) for t in range(tp)]
+            try:
+                for items in zip(*(W.hf_to_mcore(reads, cfg, tp_rank=t, pp_rank=p, **kw) for t in range(tp))):
+                    for writer, (name, shard) in zip(writers, items):
+                        writer.add(name, shard)
+            except BaseException:
+                for writer in writers:
+                    writer.abort()
+                raise
+            for writer in writers:
+                writer.close()
         meta = build_metadata(src.config_dict, tp=tp, pp=pp, first_stage_layers=first_stage_layers, dtype=dtype,
                               tensors_per_rank={rank_dir(t, p): len(plans[(t, p)]) for t, p in ranks})
         (tmp / METADATA).write_text(json.dumps(meta, indent=2) + "\n")

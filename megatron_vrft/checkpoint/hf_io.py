@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-from safetensors import safe_open
 
-from megatron_vrft.checkpoint.atomic import ST_TO_TORCH, CheckpointError, TensorSpec, write_safetensors
+from megatron_vrft.checkpoint.atomic import CheckpointError
+from megatron_vrft.checkpoint.stream import SafetensorsFile, TensorSpec, write_safetensors
 from megatron_vrft.models.qwen2_5_vl import weights as W
 
 __all__ = ["HFCheckpoint", "read_hf_config", "write_hf_checkpoint", "copy_hf_side_files", "DEFAULT_MAX_SHARD_BYTES"]
@@ -56,7 +56,7 @@ class HFCheckpoint:
         if not self.dir.is_dir():
             raise CheckpointError(f"HF checkpoint directory {self.dir} does not exist")
         self.config_dict, self.config = read_hf_config(self.dir)
-        self._handles: dict[str, Any] = {}
+        self._handles: dict[str, SafetensorsFile] = {}
         self._where: dict[str, tuple[str, str]] = {}  # canonical name -> (file, key in file)
         for key, fname in self._weight_map().items():
             try:
@@ -67,12 +67,9 @@ class HFCheckpoint:
             self._where[canon] = (fname, key)
         self.specs = self._validate()
 
-    def _open(self, fname: str):
+    def _open(self, fname: str) -> SafetensorsFile:
         if fname not in self._handles:
-            try:
-                self._handles[fname] = safe_open(str(self.dir / fname), framework="pt")
-            except Exception as e:  # noqa: BLE001 - any reader failure is a bad file for the user
-                raise CheckpointError(f"cannot read safetensors file {self.dir / fname}: {e}") from None
+            self._handles[fname] = SafetensorsFile(self.dir / fname)
         return self._handles[fname]
 
     def _weight_map(self) -> dict[str, str]:
@@ -103,17 +100,13 @@ class HFCheckpoint:
                     continue  # some tied checkpoints still store lm_head; it equals embed_tokens
                 raise W.UnsupportedConfigError(
                     f"tensor {key} in {self.dir / fname} is not part of Qwen2.5-VL with this config.json")
-            handle = self._open(fname)
-            if key not in handle.keys():
+            stored = self._open(fname).specs.get(key)
+            if stored is None:
                 raise CheckpointError(f"tensor {key} is listed in {self.dir / INDEX} but absent from {fname}")
-            sl = handle.get_slice(key)
-            shape, dtype = tuple(sl.get_shape()), sl.get_dtype()
-            if shape != expected[name]:
-                raise W.WeightShapeError(
-                    f"HF tensor {key} in {self.dir / fname} has shape {list(shape)}, expected {list(expected[name])}")
-            if dtype not in ST_TO_TORCH:
-                raise CheckpointError(f"HF tensor {key} in {self.dir / fname} has unsupported dtype {dtype}")
-            specs[name] = TensorSpec(name, ST_TO_TORCH[dtype], shape)
+            if stored.shape != expected[name]:
+                raise W.WeightShapeError(f"HF tensor {key} in {self.dir / fname} has shape {list(stored.shape)}, "
+                                         f"expected {list(expected[name])}")
+            specs[name] = TensorSpec(name, stored.dtype, stored.shape)
         return specs
 
     def meta(self, name: str) -> torch.Tensor:
@@ -124,7 +117,7 @@ class HFCheckpoint:
     def get(self, name: str) -> torch.Tensor:
         """The tensor stored under canonical HF ``name`` (read now, one tensor)."""
         fname, key = self._where[name]
-        return self._open(fname).get_tensor(key)
+        return self._open(fname).get(key)
 
     @property
     def total_bytes(self) -> int:

@@ -18,19 +18,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
-from safetensors import safe_open
 
-from megatron_vrft.checkpoint.atomic import (
-    ST_TO_TORCH,
-    CheckpointError,
-    TensorSpec,
-    atomic_dir,
-    is_complete,
-    write_safetensors,
-)
+from megatron_vrft.checkpoint.atomic import CheckpointError, atomic_dir, is_complete
+from megatron_vrft.checkpoint.stream import SafetensorsFile, SafetensorsWriter, TensorSpec
 from megatron_vrft.models.qwen2_5_vl import weights as W
 
 __all__ = [
@@ -39,7 +32,7 @@ __all__ = [
     "rank_dir",
     "McoreCheckpoint",
     "build_metadata",
-    "write_rank_file",
+    "rank_writer",
     "load_mcore_checkpoint",
     "save_mcore_checkpoint",
 ]
@@ -70,11 +63,11 @@ def build_metadata(hf_config_dict: dict, *, tp: int, pp: int, first_stage_layers
     }
 
 
-def write_rank_file(root: Path, tp_rank: int, pp_rank: int, tensors: Iterable[tuple[str, torch.Tensor]],
-                    plan: list[TensorSpec], on_tensor=None) -> None:
+def rank_writer(root: Path, tp_rank: int, pp_rank: int, plan: list[TensorSpec], on_tensor=None) -> SafetensorsWriter:
+    """A streaming writer for ``root/mp_rank_XX_YYY/model.safetensors`` with the tensors of ``plan``."""
     (root / rank_dir(tp_rank, pp_rank)).mkdir(parents=True, exist_ok=True)
-    write_safetensors(root / rank_dir(tp_rank, pp_rank) / "model.safetensors", plan, tensors,
-                      metadata={"tp_rank": str(tp_rank), "pp_rank": str(pp_rank)}, on_tensor=on_tensor)
+    return SafetensorsWriter(root / rank_dir(tp_rank, pp_rank) / "model.safetensors", plan,
+                             metadata={"tp_rank": str(tp_rank), "pp_rank": str(pp_rank)}, on_tensor=on_tensor)
 
 
 class McoreCheckpoint:
@@ -97,32 +90,27 @@ class McoreCheckpoint:
         self.first_stage_layers = meta["first_stage_layers"]
         self.hf_config_dict = meta["hf_config"]
         self.config = W._as_config(self.hf_config_dict)
-        self._handles: dict[tuple[int, int], Any] = {}
+        self._files: dict[tuple[int, int], SafetensorsFile] = {}
 
-    def _open(self, tp_rank: int, pp_rank: int):
+    def _file(self, tp_rank: int, pp_rank: int, name: str) -> SafetensorsFile:
         key = (tp_rank, pp_rank)
-        if key not in self._handles:
+        if key not in self._files:
             path = self.dir / rank_dir(tp_rank, pp_rank) / "model.safetensors"
             if not path.is_file():
                 raise CheckpointError(f"mcore checkpoint {self.dir} is missing rank file {path}")
-            try:
-                self._handles[key] = safe_open(str(path), framework="pt")
-            except Exception as e:  # noqa: BLE001 - any reader failure is a bad file for the user
-                raise CheckpointError(f"cannot read {path}: {e}") from None
-        return self._handles[key]
+            self._files[key] = SafetensorsFile(path)
+        if name not in self._files[key].specs:
+            raise W.MissingWeightError(f"tensor {name} is absent from {self._files[key].path}")
+        return self._files[key]
 
     def get(self, tp_rank: int, pp_rank: int, name: str) -> torch.Tensor:
-        handle = self._open(tp_rank, pp_rank)
-        if name not in handle.keys():
-            raise W.MissingWeightError(f"tensor {name} is absent from {self.dir / rank_dir(tp_rank, pp_rank)}")
-        return handle.get_tensor(name)
+        """One stored shard (read now)."""
+        return self._file(tp_rank, pp_rank, name).get(name)
 
     def meta_tensor(self, tp_rank: int, pp_rank: int, name: str) -> torch.Tensor:
-        handle = self._open(tp_rank, pp_rank)
-        if name not in handle.keys():
-            raise W.MissingWeightError(f"tensor {name} is absent from {self.dir / rank_dir(tp_rank, pp_rank)}")
-        sl = handle.get_slice(name)
-        return torch.empty(sl.get_shape(), dtype=ST_TO_TORCH[sl.get_dtype()], device="meta")
+        """A meta tensor with the stored shard's dtype and shape (no data read)."""
+        spec = self._file(tp_rank, pp_rank, name).specs[name]
+        return torch.empty(spec.shape, dtype=spec.dtype, device="meta")
 
     def hf_view(self) -> W.McoreAsHF:
         """Canonical HF tensors of this checkpoint, gathered one family at a time."""
@@ -135,7 +123,7 @@ class McoreCheckpoint:
             self.meta["layer_split"]
 
     def close(self) -> None:
-        self._handles.clear()
+        self._files.clear()
 
 
 def load_mcore_checkpoint(model: torch.nn.Module, path: str | Path, *, first_stage_layers: int | None = None) -> Any:
@@ -188,7 +176,10 @@ def save_mcore_checkpoint(model: torch.nn.Module, path: str | Path, hf_config: A
     dist.broadcast_object_list(tmp, src=0)
     try:
         if writer:
-            write_rank_file(Path(tmp[0]), tp_rank, pp_rank, ((n, state[n].detach().cpu()) for n in names), plan)
+            out = rank_writer(Path(tmp[0]), tp_rank, pp_rank, plan)
+            for n in names:
+                out.add(n, state[n].detach().cpu())
+            out.close()
         dist.barrier()
         if dist.get_rank() == 0:
             per_rank = {r: n for r, n, _ in filter(None, counts)}

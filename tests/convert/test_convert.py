@@ -12,9 +12,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from megatron_vrft.checkpoint.atomic import COMPLETE, CheckpointError, TensorSpec, write_safetensors
+from megatron_vrft.checkpoint.atomic import COMPLETE, CheckpointError
 from megatron_vrft.checkpoint.convert import convert_hf_to_mcore, convert_mcore_to_hf
 from megatron_vrft.checkpoint.mcore_io import McoreCheckpoint, rank_dir
+from megatron_vrft.checkpoint.stream import SafetensorsFile, TensorSpec, write_safetensors
 from megatron_vrft.models.qwen2_5_vl import weights as W
 from megatron_vrft.testing.tiny_qwen import TINY_SHAPES, save_tiny_hf
 
@@ -51,6 +52,12 @@ def test_streaming_writer_is_readable_by_safetensors(tmp_path):
     write_safetensors(tmp_path / "x.safetensors", plan, iter(tensors.items()))
     back = load_file(tmp_path / "x.safetensors")
     assert back.keys() == tensors.keys() and all(torch.equal(back[k], v) for k, v in tensors.items())
+    save_file(tensors, tmp_path / "lib.safetensors")  # and the library's files read with ours
+    ours = SafetensorsFile(tmp_path / "lib.safetensors")
+    assert all(torch.equal(ours.get(k), v) for k, v in tensors.items())
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "lib.safetensors").read_bytes()[:-3])
+    with pytest.raises(CheckpointError, match=r"cut.safetensors.*truncated"):
+        SafetensorsFile(tmp_path / "cut.safetensors")
     with pytest.raises(CheckpointError, match=r"expected tensor b .* got a"):
         write_safetensors(tmp_path / "y.safetensors", plan[1:], iter(tensors.items()))
 

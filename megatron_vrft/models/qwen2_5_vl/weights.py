@@ -378,7 +378,7 @@ def _merge(p: Param, shards: list[torch.Tensor], d: ModelDims) -> tuple[torch.Te
     if p.kind is Kind.GATE_UP:
         halves = [s.chunk(2, 0) for s in shards]
         return torch.cat([g for g, _ in halves], 0), torch.cat([u for _, u in halves], 0)
-    full = shards[0] if p.tp_axis is None else torch.cat(shards, p.tp_axis)
+    full = shards[0] if p.tp_axis is None or len(shards) == 1 else torch.cat(shards, p.tp_axis)
     tail = full.shape[1:]
     if p.kind is Kind.LLM_QKV:
         r = d.nh // d.ng

@@ -1,0 +1,174 @@
+"""Checkpoint conversion speed and peak RAM on a Qwen2.5-VL-3B-shaped checkpoint, against a plain
+copy of the same safetensors files measured in the same run.
+
+Run from the repository root (needs ~8 GB free under --work-dir per kept directory; ~2-5 min):
+
+    PYTHONPATH=. python bench/bench_convert.py [--work-dir /tmp/bench_convert] [--layouts 1x1,2x1,2x2]
+
+1. Writes a random bf16 checkpoint with the released 3B shapes (36 layers, hidden 2048, 16/2 heads,
+   vocab 151936, tied embeddings, 32-block ViT), split like the release into two shards of < 4 GiB,
+   with the streaming writer; no HF model is instantiated. Reused on later runs (--regenerate).
+2. Baseline: ``cp`` semantics (``shutil.copyfile`` + fsync) of those shard files, in a subprocess.
+3. ``checkpoint_convert/hf_to_mcore.py`` at each ``--layouts`` TPxPP, then ``mcore_to_hf.py`` of the
+   first one back to HF, each in a subprocess. Wall time (including the interpreter and library
+   imports) and the subprocess's peak RSS (``VmHWM``) are reported; outputs are deleted after each
+   step.
+The page cache is warm for every step (the input was just written or read): the copy and the
+converters read the same files under the same conditions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from megatron_vrft.checkpoint.atomic import atomic_dir  # noqa: E402
+from megatron_vrft.checkpoint.hf_io import write_hf_checkpoint  # noqa: E402
+from megatron_vrft.checkpoint.stream import TensorSpec  # noqa: E402
+from megatron_vrft.models.qwen2_5_vl import weights as W  # noqa: E402
+
+GIB = 1024**3
+
+
+def config_3b() -> dict:
+    """The released Qwen2.5-VL-3B-Instruct architecture (config.json values)."""
+    from transformers import Qwen2_5_VLConfig
+
+    text = dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                num_attention_heads=16, num_key_value_heads=2, rms_norm_eps=1e-6, max_position_embeddings=128000,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]})
+    vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
+                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                  fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2, hidden_act="silu")
+    cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True, dtype="bfloat16")
+    return cfg.to_dict()
+
+
+def make_checkpoint(path: Path) -> None:
+    cfg = config_3b()
+    shapes = W.hf_shapes(cfg)
+    plan = [TensorSpec(n, torch.bfloat16, s) for n, s in shapes.items()]
+    gen = torch.Generator().manual_seed(0)
+
+    def tensors():
+        for spec in plan:
+            yield spec.name, torch.randn(spec.shape, generator=gen, dtype=torch.bfloat16)
+
+    with atomic_dir(path, overwrite=True) as tmp:
+        write_hf_checkpoint(tmp, plan, tensors(), max_shard_bytes=4 * GIB)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+def _hwm_kib(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def run_measured(cmd: list[str]) -> tuple[float, float]:
+    """``(wall seconds, peak RSS GiB)`` of one subprocess.
+
+    Peak RSS is the process's own high-water mark (``VmHWM``), polled every 20 ms until it exits
+    (it only grows, so the last reading is the peak up to the final 20 ms). ``ru_maxrss`` from
+    ``wait4`` is not used: Linux carries it across ``exec`` from the forking parent.
+    """
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _hwm_kib(proc.pid) or 0)
+        time.sleep(0.02)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed: {' '.join(cmd)}")
+    return wall, peak * 1024 / GIB
+
+
+COPY = """
+import os, shutil, sys
+src, dst = sys.argv[1], sys.argv[2]
+os.makedirs(dst)
+for name in sorted(os.listdir(src)):
+    if name.endswith(".safetensors"):
+        shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
+        with open(os.path.join(dst, name), "rb+") as f:
+            os.fsync(f.fileno())
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work-dir", default="/tmp/bench_convert")
+    ap.add_argument("--layouts", default="1x1,2x1,2x2", help="comma-separated TPxPP for hf_to_mcore")
+    ap.add_argument("--regenerate", action="store_true", help="rewrite the random 3B checkpoint")
+    a = ap.parse_args()
+    work = Path(a.work_dir)
+    hf = work / "hf_3b"
+    if a.regenerate or not (hf / "config.json").is_file():
+        t0 = time.perf_counter()
+        make_checkpoint(hf)
+        print(f"generated {hf} in {time.perf_counter() - t0:.0f}s")
+    shards = sorted(hf.glob("*.safetensors"))
+    total = sum(p.stat().st_size for p in shards) / GIB
+    largest = max(p.stat().st_size for p in shards) / GIB
+    rows = []
+
+    def step(label: str, cmd: list[str], out: Path, budget_gib: float | None) -> None:
+        shutil.rmtree(out, ignore_errors=True)
+        wall, rss = run_measured(cmd)
+        shutil.rmtree(out, ignore_errors=True)
+        rows.append((label, wall, rss, budget_gib))
+        print(f"{label:<28} {wall:7.1f} s   peak RSS {rss:5.2f} GiB", flush=True)
+
+    copy_cmd = [sys.executable, "-c", COPY, str(hf), str(work / "copy")]
+    step("copy (baseline)", copy_cmd, work / "copy", None)
+    first = None
+    for layout in a.layouts.split(","):
+        tp, pp = (int(x) for x in layout.split("x"))
+        out = work / f"mcore_tp{tp}_pp{pp}"
+        cmd = [sys.executable, str(REPO / "checkpoint_convert/hf_to_mcore.py"), "--hf-dir", str(hf), "--out-dir",
+               str(out), "--tp", str(tp), "--pp", str(pp), "--no-progress"]
+        if first is None:
+            first = out
+            wall, rss = run_measured(cmd)  # kept for the mcore_to_hf step
+            rows.append((f"hf_to_mcore tp={tp} pp={pp}", wall, rss, 1.5 * (largest + total / tp)))
+            print(f"{rows[-1][0]:<28} {wall:7.1f} s   peak RSS {rss:5.2f} GiB", flush=True)
+        else:
+            step(f"hf_to_mcore tp={tp} pp={pp}", cmd, out, 1.5 * (largest + total / tp))
+    back = work / "hf_back"
+    step("mcore_to_hf (from first)", [sys.executable, str(REPO / "checkpoint_convert/mcore_to_hf.py"), "--mcore-dir",
+                                      str(first), "--out-dir", str(back), "--no-progress"], back, None)
+    step("copy (baseline, again)", copy_cmd, work / "copy", None)
+    shutil.rmtree(first, ignore_errors=True)
+    copy_s = (rows[0][1] + rows[-1][1]) / 2
+
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"python {platform.python_version()}, torch {torch.__version__}")
+    print(f"checkpoint: {len(shards)} shards, {total:.2f} GiB total, largest {largest:.2f} GiB (bf16)")
+    print("| step | wall s | x copy | peak RSS GiB | RSS budget GiB |")
+    print("|---|---|---|---|---|")
+    for label, wall, rss, budget in rows:
+        b = f"{budget:.1f}" if budget else "-"
+        print(f"| {label} | {wall:.1f} | {wall / copy_s:.2f} | {rss:.2f} | {b} |")
+
+
+if __name__ == "__main__":
+    main()
