@@ -64,3 +64,10 @@ def test_tp_above_kv_heads_is_allowed():
     hf = tiny_hf_config(text=_WIDE_TEXT, vision={"num_heads": 12, "intermediate_size": 48, "hidden_size": 48})
     c = mcore_configs(hf, tp=12, pp=1)
     assert (c.language.num_query_groups, c.language.tensor_model_parallel_size) == (4, 12)
+
+
+def test_variable_seq_lengths_sets_the_dispatcher_mcore_requires():
+    # mcore 0.16.1 rejects variable_seq_lengths=True unless moe_token_dispatcher_type="alltoall",
+    # even for a dense model
+    lm = mcore_configs(tiny_hf_config(), tp=1, pp=1, variable_seq_lengths=True).language
+    assert lm.variable_seq_lengths and lm.moe_token_dispatcher_type == "alltoall"

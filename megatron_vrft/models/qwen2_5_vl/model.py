@@ -51,6 +51,10 @@ class Qwen25VLModel(MegatronModule):
         params_dtype: parameter dtype (fp32 for parity tests, bf16 for training).
         sequence_parallel, variable_seq_lengths, perform_initialization, **language_overrides:
             see ``config.mcore_configs``.
+
+    Attributes: ``hf_config`` (what ``weights.load_into_model`` / ``export_hf_state`` take),
+    ``mcore_config`` (the built ``Qwen25VLMcoreConfig``), ``vision_model`` (None off stage 0),
+    ``language_model`` (the ``GPTModel``), ``pre_process`` / ``post_process`` (first / last stage).
     """
 
     def __init__(

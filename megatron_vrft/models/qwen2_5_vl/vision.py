@@ -184,9 +184,6 @@ class Qwen25VisionModel(MegatronModule):
         )
         self.full_attention = frozenset(spec.fullatt_block_indexes)
 
-    def set_input_tensor(self, input_tensor) -> None:
-        """The ViT always starts from pixels (it only exists on the first PP stage)."""
-
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         """pixel_values: ``[N, C·Tp·P·P]`` patches in the processor's order, N = Σ t·h·w over grid_thw
         ``[n, 3]``. Returns the merged embeddings ``[N / merge², out_hidden]`` in the same order."""
