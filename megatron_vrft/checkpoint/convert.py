@@ -25,7 +25,7 @@ from megatron_vrft.checkpoint.hf_io import (
     write_hf_checkpoint,
 )
 from megatron_vrft.checkpoint.mcore_io import METADATA, McoreCheckpoint, build_metadata, rank_dir, rank_writer
-from megatron_vrft.checkpoint.stream import TensorSpec
+from megatron_vrft.checkpoint.stream import TensorSpec, WriteBehind
 from megatron_vrft.models.qwen2_5_vl import weights as W
 
 __all__ = ["convert_hf_to_mcore", "convert_mcore_to_hf", "check_same_model", "run_cli"]
@@ -67,14 +67,17 @@ def convert_hf_to_mcore(hf_dir: str | Path, out_dir: str | Path, *, tp: int = 1,
     plans = {r: _plan(W.hf_to_mcore(src.meta, cfg, tp_rank=r[0], pp_rank=r[1], **kw)) for r in ranks}
     dtype = src.specs["model.embed_tokens.weight"].dtype
     total = sum(s.nbytes for plan in plans.values() for s in plan)
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp, _progress(total, "hf->mcore", progress) as bar:
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp, _progress(total, "hf->mcore", progress) as bar, \
+            WriteBehind() as behind:
         for p in range(pp):
             # all TP ranks of a stage in lockstep: each HF tensor is read once for every rank
             bar.set_postfix_str(f"pp stage {p}")
             reads = _RecentReads(src.get)
-            writers = [rank_writer(tmp, t, p, plans[(t, p)], on_tensor=bar.update) for t in range(tp)]
+            writers = [rank_writer(tmp, t, p, plans[(t, p)], on_tensor=bar.update, write_behind=behind)
+                       for t in range(tp)]
+            shards = (W.hf_to_mcore(reads, cfg, tp_rank=t, pp_rank=p, compact=False, **kw) for t in range(tp))
             try:
-                for items in zip(*(W.hf_to_mcore(reads, cfg, tp_rank=t, pp_rank=p, **kw) for t in range(tp))):
+                for items in zip(*shards):
                     for writer, (name, shard) in zip(writers, items):
                         writer.add(name, shard)
             except BaseException:
@@ -127,8 +130,9 @@ def convert_mcore_to_hf(mcore_dir: str | Path, out_dir: str | Path, *, hf_config
     plan = _plan(W.mcore_to_hf(ck.meta_tensor, cfg, **kw))
     with atomic_dir(out_dir, overwrite=overwrite, marker=False) as tmp, \
             _progress(sum(s.nbytes for s in plan), "mcore->hf", progress) as bar:
-        write_hf_checkpoint(tmp, plan, W.mcore_to_hf(ck.get, cfg, **kw), max_shard_bytes=max_shard_bytes,
-                            on_tensor=bar.update)
+        with WriteBehind() as behind:
+            write_hf_checkpoint(tmp, plan, W.mcore_to_hf(ck.get, cfg, **kw), max_shard_bytes=max_shard_bytes,
+                                on_tensor=bar.update, write_behind=behind)
         if hf_config_dir is not None:
             copy_hf_side_files(Path(hf_config_dir), tmp)
         else:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from megatron_vrft.checkpoint.atomic import CheckpointError
-from megatron_vrft.checkpoint.stream import SafetensorsFile, TensorSpec, write_safetensors
+from megatron_vrft.checkpoint.stream import SafetensorsFile, TensorSpec, WriteBehind, write_safetensors
 from megatron_vrft.models.qwen2_5_vl import weights as W
 
 __all__ = ["HFCheckpoint", "read_hf_config", "write_hf_checkpoint", "copy_hf_side_files", "DEFAULT_MAX_SHARD_BYTES"]
@@ -134,6 +134,7 @@ def write_hf_checkpoint(
     *,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     on_tensor: Callable[[int], None] | None = None,
+    write_behind: WriteBehind | None = None,
 ) -> list[str]:
     """Streams ``tensors`` (in ``plan`` order) into HF safetensors shards; returns the file names."""
     groups: list[list[TensorSpec]] = [[]]
@@ -149,7 +150,8 @@ def write_hf_checkpoint(
     it = iter(tensors)
     weight_map = {}
     for fname, group in zip(names, groups):
-        write_safetensors(out_dir / fname, group, (next(it) for _ in group), on_tensor=on_tensor)
+        write_safetensors(out_dir / fname, group, (next(it) for _ in group), on_tensor=on_tensor,
+                          write_behind=write_behind)
         weight_map.update({s.name: fname for s in group})
     if n > 1:
         index = {"metadata": {"total_size": sum(s.nbytes for s in plan)}, "weight_map": weight_map}

@@ -63,11 +63,13 @@ def build_metadata(hf_config_dict: dict, *, tp: int, pp: int, first_stage_layers
     }
 
 
-def rank_writer(root: Path, tp_rank: int, pp_rank: int, plan: list[TensorSpec], on_tensor=None) -> SafetensorsWriter:
+def rank_writer(root: Path, tp_rank: int, pp_rank: int, plan: list[TensorSpec], on_tensor=None,
+                write_behind=None) -> SafetensorsWriter:
     """A streaming writer for ``root/mp_rank_XX_YYY/model.safetensors`` with the tensors of ``plan``."""
     (root / rank_dir(tp_rank, pp_rank)).mkdir(parents=True, exist_ok=True)
     return SafetensorsWriter(root / rank_dir(tp_rank, pp_rank) / "model.safetensors", plan,
-                             metadata={"tp_rank": str(tp_rank), "pp_rank": str(pp_rank)}, on_tensor=on_tensor)
+                             metadata={"tp_rank": str(tp_rank), "pp_rank": str(pp_rank)}, on_tensor=on_tensor,
+                             write_behind=write_behind)
 
 
 class McoreCheckpoint:

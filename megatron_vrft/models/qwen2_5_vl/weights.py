@@ -423,12 +423,16 @@ def hf_to_mcore(
     pp_rank: int,
     pp_size: int,
     first_stage_layers: int | None = None,
+    compact: bool = True,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yields ``(local mcore name, shard)`` for every parameter of one (TP, PP) rank.
 
     ``get_hf(canonical HF name)`` is called lazily, once per HF tensor the rank needs, so callers
-    can stream from disk. Shards are fresh contiguous tensors (they never keep the full HF tensor
-    alive). Raises ``WeightShapeError`` naming the tensor when a shape disagrees with the config.
+    can stream from disk. With ``compact`` (default) shards are fresh tensors that own exactly
+    their memory (safe to keep: they never alias the caller's tensors nor keep a full HF tensor
+    alive); ``compact=False`` skips that copy and may yield views, for callers that consume each
+    shard at once (the streaming converter). Raises ``WeightShapeError`` naming the tensor when a
+    shape disagrees with the config.
     """
     d = model_dims(hf_config)
     check_parallel_sizes(d, tp_size, pp_size, first_stage_layers)
@@ -442,7 +446,8 @@ def hf_to_mcore(
             if tuple(t.shape) != want:
                 raise WeightShapeError(f"HF tensor {name} has shape {list(t.shape)}, expected {list(want)}")
             ts.append(t)
-        yield inst.mcore, _fresh(_split(inst.param, ts, d, tp_rank, tp_size), ts)
+        shard = _split(inst.param, ts, d, tp_rank, tp_size)
+        yield inst.mcore, _fresh(shard, ts) if compact else shard
 
 
 def _fresh(t: torch.Tensor, inputs: list[torch.Tensor]) -> torch.Tensor:
