@@ -91,7 +91,7 @@ class McoreCheckpoint:
         self.tp, self.pp = int(meta["tp"]), int(meta["pp"])
         self.first_stage_layers = meta["first_stage_layers"]
         self.hf_config_dict = meta["hf_config"]
-        self.config = W._as_config(self.hf_config_dict)
+        self.config = W.as_hf_config(self.hf_config_dict)
         self._files: dict[tuple[int, int], SafetensorsFile] = {}
 
     def _file(self, tp_rank: int, pp_rank: int, name: str) -> SafetensorsFile:
@@ -135,7 +135,7 @@ def load_mcore_checkpoint(model: torch.nn.Module, path: str | Path, *, first_sta
     weight map (any saved layout -> the current one). Strict. Returns the checkpoint's HF config.
     """
     ckpt = McoreCheckpoint(path)
-    tp_rank, tp, pp_rank, pp = W._parallel()
+    tp_rank, tp, pp_rank, pp = W.parallel_ranks()
     cfg = ckpt.config
     if ckpt.same_layout(tp, pp, first_stage_layers):
         names = W.mcore_shapes(cfg, tp_rank=tp_rank, tp_size=tp, pp_rank=pp_rank, pp_size=pp,
@@ -144,7 +144,7 @@ def load_mcore_checkpoint(model: torch.nn.Module, path: str | Path, *, first_sta
     else:
         produced = W.hf_to_mcore(ckpt.hf_view(), cfg, tp_rank=tp_rank, tp_size=tp, pp_rank=pp_rank, pp_size=pp,
                                  first_stage_layers=first_stage_layers)
-    W._copy_strict(W._model_state(model), produced, where=f"(tp_rank={tp_rank}, pp_rank={pp_rank})")
+    W.copy_strict(W.model_state(model), produced, where=f"(tp_rank={tp_rank}, pp_rank={pp_rank})")
     ckpt.close()
     return cfg
 
@@ -158,10 +158,10 @@ def save_mcore_checkpoint(model: torch.nn.Module, path: str | Path, hf_config: A
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
-    tp_rank, tp, pp_rank, pp = W._parallel()
-    cfg = W._as_config(hf_config)
+    tp_rank, tp, pp_rank, pp = W.parallel_ranks()
+    cfg = W.as_hf_config(hf_config)
     writer = ps.get_data_parallel_rank() == 0
-    state = W._model_state(model)
+    state = W.model_state(model)
     names = W.mcore_shapes(cfg, tp_rank=tp_rank, tp_size=tp, pp_rank=pp_rank, pp_size=pp,
                            first_stage_layers=first_stage_layers)
     missing = sorted(set(names) - set(state))

@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _verify(hf, mc, nproc, tp, pp):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", str(free_port()),
-           str(REPO / "checkpoint_convert" / "verify.py"), "--hf-dir", str(hf), "--mcore-dir", str(mc),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+           "--master-port", str(free_port()), str(REPO / "checkpoint_convert" / "verify.py"), "--hf-dir", str(hf), "--mcore-dir", str(mc),
            "--tp", str(tp), "--pp", str(pp)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)

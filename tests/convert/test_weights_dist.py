@@ -45,7 +45,7 @@ def _load_and_export_layout(cfg_dict, sd, tp, pp, ckpt_dir):
     from megatron_vrft.models.qwen2_5_vl import weights as W
     from megatron_vrft.runtime import init_distributed
 
-    cfg = W._as_config(cfg_dict)
+    cfg = W.as_hf_config(cfg_dict)
     init_distributed(tp=tp, pp=pp)
     try:
         tp_rank, pp_rank = ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()

@@ -46,26 +46,26 @@ def test_llm_qkv_is_interleaved_per_query_group():
     d = _dims()  # 4 query heads, 2 groups, head_dim 1
     p = _param("language_model.decoder.layers.{i}.self_attention.linear_qkv.weight")
     q, k, v = _col(0, 1, 2, 3), _col(10, 11), _col(20, 21)
-    assert W._split(p, [q, k, v], d, 0, 1).flatten().tolist() == [0, 1, 10, 20, 2, 3, 11, 21]
-    assert W._split(p, [q, k, v], d, 1, 2).flatten().tolist() == [2, 3, 11, 21]
+    assert W.split_param(p, [q, k, v], d, 0, 1).flatten().tolist() == [0, 1, 10, 20, 2, 3, 11, 21]
+    assert W.split_param(p, [q, k, v], d, 1, 2).flatten().tolist() == [2, 3, 11, 21]
     # MQA at TP=2 (mcore 0.16 all-gathers): plain chunks of the single group's [q0..q3, k, v]
     d1 = _dims(ng=1)
-    assert W._split(p, [q, _col(10), _col(20)], d1, 1, 2).flatten().tolist() == [3, 10, 20]
+    assert W.split_param(p, [q, _col(10), _col(20)], d1, 1, 2).flatten().tolist() == [3, 10, 20]
 
 
 def test_vision_qkv_goes_per_head():
     d = _dims()  # 2 vision heads, head_dim 1: HF [q0 q1 k0 k1 v0 v1]
     p = _param("vision_model.decoder.layers.{i}.self_attention.linear_qkv.bias")
-    assert W._split(p, [torch.arange(6.0)], d, 0, 1).tolist() == [0, 2, 4, 1, 3, 5]
-    assert W._split(p, [torch.arange(6.0)], d, 1, 2).tolist() == [1, 3, 5]
+    assert W.split_param(p, [torch.arange(6.0)], d, 0, 1).tolist() == [0, 2, 4, 1, 3, 5]
+    assert W.split_param(p, [torch.arange(6.0)], d, 1, 2).tolist() == [1, 3, 5]
 
 
 def test_gate_up_is_fused_per_rank_and_merger_is_not():
     d = _dims()
     p = _param("language_model.decoder.layers.{i}.mlp.linear_fc1.weight")
     gate, up = _col(0, 1, 2, 3), _col(10, 11, 12, 13)
-    assert W._split(p, [gate, up], d, 0, 2).flatten().tolist() == [0, 1, 10, 11]
-    assert W._split(p, [gate, up], d, 1, 2).flatten().tolist() == [2, 3, 12, 13]
+    assert W.split_param(p, [gate, up], d, 0, 2).flatten().tolist() == [0, 1, 10, 11]
+    assert W.split_param(p, [gate, up], d, 1, 2).flatten().tolist() == [2, 3, 12, 13]
     merger = _param("vision_model.projection.encoder.linear_fc1.bias")
     assert merger.kind is W.Kind.COPY and merger.tp_axis == 0
 
@@ -75,8 +75,8 @@ def test_vocab_rows_are_zero_padded_per_rank():
     p = _param("language_model.embedding.word_embeddings.weight")
     emb = _col(1, 2, 3, 4, 5)
     assert W.padded_vocab_size(5, 2) == 6 and W.padded_vocab_size(6, 2) == 6
-    assert W._split(p, [emb], d, 1, 2).flatten().tolist() == [4, 5, 0]
-    merged = W._merge(p, [W._split(p, [emb], d, r, 2) for r in range(2)], d)
+    assert W.split_param(p, [emb], d, 1, 2).flatten().tolist() == [4, 5, 0]
+    merged = W.merge_param(p, [W.split_param(p, [emb], d, r, 2) for r in range(2)], d)
     assert merged[0].flatten().tolist() == [1, 2, 3, 4, 5]
 
 
@@ -182,7 +182,8 @@ def test_uneven_first_stage_split(tiny):
 
 def test_errors_name_the_field_or_tensor(tiny):
     cfg, sd = tiny
-    with pytest.raises(W.ParallelSizeError, match=r"tensor-parallel size 3 does not divide text_config.num_attention_heads=4"):
+    with pytest.raises(W.ParallelSizeError,
+                       match=r"tensor-parallel size 3 does not divide text_config.num_attention_heads=4"):
         list(W.hf_to_mcore(sd.__getitem__, cfg, tp_rank=0, tp_size=3, pp_rank=0, pp_size=1))
     bad = dict(sd)
     bad["model.layers.0.mlp.up_proj.weight"] = torch.zeros(7, 64)

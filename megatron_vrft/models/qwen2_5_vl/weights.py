@@ -29,28 +29,11 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 
 __all__ = [
-    "Kind",
-    "Scope",
-    "Param",
-    "PARAMS",
-    "ModelDims",
-    "WeightMapError",
-    "UnsupportedConfigError",
-    "ParallelSizeError",
-    "WeightShapeError",
-    "MissingWeightError",
-    "read_hf_key",
-    "model_dims",
-    "padded_vocab_size",
-    "layer_split",
-    "check_parallel_sizes",
-    "hf_shapes",
-    "mcore_shapes",
-    "hf_to_mcore",
-    "mcore_to_hf",
-    "McoreAsHF",
-    "load_into_model",
-    "export_hf_state",
+    "Kind", "Scope", "Param", "PARAMS", "ModelDims", "WeightMapError", "UnsupportedConfigError",
+    "ParallelSizeError", "WeightShapeError", "MissingWeightError", "read_hf_key", "model_dims",
+    "padded_vocab_size", "layer_split", "check_parallel_sizes", "hf_shapes", "mcore_shapes",
+    "hf_to_mcore", "mcore_to_hf", "McoreAsHF", "split_param", "merge_param", "as_hf_config",
+    "model_state", "parallel_ranks", "copy_strict", "load_into_model", "export_hf_state",
 ]
 
 
@@ -213,7 +196,8 @@ class ModelDims:
         return 3 * self.vh
 
 
-def _as_config(hf_config: Any) -> Any:
+def as_hf_config(hf_config: Any) -> Any:
+    """A ``Qwen2_5_VLConfig`` from a config object (returned as is) or a ``config.json`` dict."""
     if isinstance(hf_config, Mapping):
         from transformers import Qwen2_5_VLConfig
 
@@ -223,7 +207,7 @@ def _as_config(hf_config: Any) -> Any:
 
 def model_dims(hf_config: Any) -> ModelDims:
     """``ModelDims`` from a ``Qwen2_5_VLConfig`` (or its ``config.json`` dict)."""
-    cfg = _as_config(hf_config)
+    cfg = as_hf_config(hf_config)
     model_type = getattr(cfg, "model_type", None)
     if model_type != "qwen2_5_vl":
         raise UnsupportedConfigError(f"HF config has model_type={model_type}, expected qwen2_5_vl")
@@ -352,7 +336,7 @@ def _instances(d: ModelDims, pp_size: int, first_stage_layers: int | None) -> It
         yield _Inst(out, ("model.embed_tokens.weight",), out.mcore, pp_size - 1, False)
 
 
-def _split(p: Param, ts: list[torch.Tensor], d: ModelDims, r: int, tp: int) -> torch.Tensor:
+def split_param(p: Param, ts: list[torch.Tensor], d: ModelDims, r: int, tp: int) -> torch.Tensor:
     """HF tensor(s) -> TP rank ``r``'s mcore shard (may be a view)."""
     tail = ts[0].shape[1:]
     if p.kind is Kind.GATE_UP:  # [F, *] x2 -> [2F/tp, *]
@@ -373,8 +357,8 @@ def _split(p: Param, ts: list[torch.Tensor], d: ModelDims, r: int, tp: int) -> t
     return full if p.tp_axis is None else full.chunk(tp, p.tp_axis)[r]
 
 
-def _merge(p: Param, shards: list[torch.Tensor], d: ModelDims) -> tuple[torch.Tensor, ...]:
-    """All TP ranks' mcore shards -> the family's full HF tensor(s) (inverse of ``_split``)."""
+def merge_param(p: Param, shards: list[torch.Tensor], d: ModelDims) -> tuple[torch.Tensor, ...]:
+    """All TP ranks' mcore shards -> the family's full HF tensor(s) (inverse of ``split_param``)."""
     if p.kind is Kind.GATE_UP:
         halves = [s.chunk(2, 0) for s in shards]
         return torch.cat([g for g, _ in halves], 0), torch.cat([u for _, u in halves], 0)
@@ -405,7 +389,6 @@ def mcore_shapes(
     hf_config: Any, *, tp_rank: int, tp_size: int, pp_rank: int, pp_size: int, first_stage_layers: int | None = None
 ) -> dict[str, tuple[int, ...]]:
     """Local mcore name -> shard shape on one (TP, PP) rank (computed on meta tensors)."""
-    d = model_dims(hf_config)
     meta = {n: torch.empty(s, device="meta") for n, s in hf_shapes(hf_config).items()}
     return {
         n: tuple(t.shape)
@@ -446,7 +429,7 @@ def hf_to_mcore(
             if tuple(t.shape) != want:
                 raise WeightShapeError(f"HF tensor {name} has shape {list(t.shape)}, expected {list(want)}")
             ts.append(t)
-        shard = _split(inst.param, ts, d, tp_rank, tp_size)
+        shard = split_param(inst.param, ts, d, tp_rank, tp_size)
         yield inst.mcore, _fresh(shard, ts) if compact else shard
 
 
@@ -488,7 +471,7 @@ def _gather_inst(inst: _Inst, get_mcore: Callable, d: ModelDims, tp_size: int) -
     shards = []
     for r in range(tp_size):
         t = get_mcore(r, inst.pp_rank, inst.mcore)
-        want = tuple(_split(inst.param, [torch.empty(_shape(inst.param, j, d), device="meta")
+        want = tuple(split_param(inst.param, [torch.empty(_shape(inst.param, j, d), device="meta")
                                          for j in range(len(inst.hf))], d, r, tp_size).shape)
         if tuple(t.shape) != want:
             raise WeightShapeError(
@@ -496,7 +479,7 @@ def _gather_inst(inst: _Inst, get_mcore: Callable, d: ModelDims, tp_size: int) -
                 f"{list(t.shape)}, expected {list(want)}"
             )
         shards.append(t)
-    return _merge(inst.param, shards, d)
+    return merge_param(inst.param, shards, d)
 
 
 class McoreAsHF:
@@ -528,11 +511,13 @@ class McoreAsHF:
         return self._cache[1][name]
 
 
-def _model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A model's parameters/buffers by local mcore name (TE ``_extra_state`` entries dropped)."""
     return {k: v for k, v in model.state_dict(keep_vars=True).items() if not k.endswith("_extra_state")}
 
 
-def _parallel() -> tuple[int, int, int, int]:
+def parallel_ranks() -> tuple[int, int, int, int]:
+    """``(tp_rank, tp_size, pp_rank, pp_size)`` from the current mcore parallel state."""
     from megatron.core import parallel_state as ps
 
     return (ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size(),
@@ -560,14 +545,16 @@ def load_into_model(
             return state[name]
     else:
         get = hf_state_or_getter
-    tp_rank, tp_size, pp_rank, pp_size = _parallel()
-    target = _model_state(model)
+    tp_rank, tp_size, pp_rank, pp_size = parallel_ranks()
+    target = model_state(model)
     produced = hf_to_mcore(get, hf_config, tp_rank=tp_rank, tp_size=tp_size, pp_rank=pp_rank,
                            pp_size=pp_size, first_stage_layers=first_stage_layers)
-    _copy_strict(target, produced, where=f"(tp_rank={tp_rank}, pp_rank={pp_rank})")
+    copy_strict(target, produced, where=f"(tp_rank={tp_rank}, pp_rank={pp_rank})")
 
 
-def _copy_strict(target: dict[str, torch.Tensor], produced: Iterator[tuple[str, torch.Tensor]], where: str) -> None:
+def copy_strict(target: dict[str, torch.Tensor], produced: Iterator[tuple[str, torch.Tensor]], where: str) -> None:
+    """Copies every ``(name, tensor)`` of ``produced`` into ``target`` (a ``model_state``); unknown
+    names, shape mismatches and target entries left without a value raise, naming them."""
     seen = set()
     with torch.no_grad():
         for name, t in produced:
@@ -595,10 +582,10 @@ def export_hf_state(
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
-    tp_rank, tp_size, pp_rank, pp_size = _parallel()
+    tp_rank, tp_size, pp_rank, pp_size = parallel_ranks()
     d = model_dims(hf_config)
     check_parallel_sizes(d, tp_size, pp_size, first_stage_layers)
-    local = _model_state(model)
+    local = model_state(model)
     dtypes: list[Any] = [None] * pp_size  # stage -> {name: dtype}: receivers must allocate the right dtype
     dist.all_gather_object(dtypes, {n: t.dtype for n, t in local.items()}, group=ps.get_pipeline_model_parallel_group())
     tp_group, pp_group = ps.get_tensor_model_parallel_group(), ps.get_pipeline_model_parallel_group()
@@ -609,7 +596,7 @@ def export_hf_state(
             mine = local[inst.mcore].detach().contiguous()
             shards = [torch.empty_like(mine) for _ in range(tp_size)]
             dist.all_gather(shards, mine, group=tp_group)
-            full = [t.contiguous() for t in _merge(inst.param, shards, d)]
+            full = [t.contiguous() for t in merge_param(inst.param, shards, d)]
         else:
             dtype = dtypes[inst.pp_rank][inst.mcore]
             full = [torch.empty(_shape(inst.param, j, d), dtype=dtype, device=next(iter(local.values())).device)
