@@ -1,5 +1,6 @@
-"""checkpoint_convert/verify.py under torchrun: a checkpoint converted at TP=2 and loaded at PP=2
-matches HF's logits; a corrupted one fails with exit status 1."""
+"""checkpoint_convert/verify.py under torchrun: a tied-embedding, single-KV-head checkpoint converted
+at TP=2 and loaded at PP=2 (output layer copied from embed_tokens) matches HF's logits; a corrupted
+one fails with exit status 1."""
 
 import os
 import subprocess
@@ -11,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from megatron_vrft.checkpoint.convert import convert_hf_to_mcore
 from megatron_vrft.checkpoint.mcore_io import rank_dir
 from megatron_vrft.runtime import free_port
-from megatron_vrft.testing.tiny_qwen import save_tiny_hf
+from megatron_vrft.testing.tiny_qwen import TINY_SHAPES, save_tiny_hf
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,7 +27,7 @@ def _verify(hf, mc, nproc, tp, pp):
 
 def test_verify_reshards_and_detects_corruption(tmp_path):
     hf = tmp_path / "hf"
-    save_tiny_hf(hf, seed=0)
+    save_tiny_hf(hf, seed=0, **TINY_SHAPES["tied_mqa"])
     mc = convert_hf_to_mcore(hf, tmp_path / "mc", tp=2, pp=1, progress=False)
     r = _verify(hf, mc, nproc=2, tp=1, pp=2)
     last = r.stdout.strip().splitlines()[-1]
