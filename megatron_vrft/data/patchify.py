@@ -32,8 +32,13 @@ _STD_255 = torch.tensor(OPENAI_CLIP_STD, dtype=torch.float32) * (1.0 / (1 / 255)
 _GROUP_CHUNK = 2  # temporal groups normalised per step in _patchify
 
 
-def _patchify(frames: torch.Tensor, patch: int, temporal: int, merge: int) -> tuple[torch.Tensor, list[int]]:
-    """uint8 [T, C, H, W] (T a multiple of `temporal`) -> (float32 [N, C*temporal*patch*patch], [t, h, w])."""
+def _patchify(
+    frames: torch.Tensor, patch: int, temporal: int, merge: int, out: torch.Tensor | None = None
+) -> tuple[torch.Tensor, list[int]]:
+    """uint8 [T, C, H, W] (T a multiple of `temporal`) -> (float32 [N, C*temporal*patch*patch], [t, h, w]).
+
+    `out`, when given, is the float32 [N, C*temporal*patch*patch] destination (N = T/temporal*H*W/patch**2).
+    """
     t, c, h, w = frames.shape
     if h % (patch * merge) or w % (patch * merge):
         raise ValueError(f"frame size {h}x{w} is not a multiple of patch*merge = {patch * merge}")
@@ -41,7 +46,10 @@ def _patchify(frames: torch.Tensor, patch: int, temporal: int, merge: int) -> tu
     x = frames.reshape(gt, temporal, c, gh // merge, merge, patch, gw // merge, merge, patch)
     # -> [gt, gh/m, gw/m, m(h), m(w), C, temporal, patch(h), patch(w)]
     x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
-    out = torch.empty((gt, gh * gw, c, temporal * patch * patch), dtype=torch.float32)
+    if out is None:
+        out = torch.empty((gt, gh * gw, c, temporal * patch * patch), dtype=torch.float32)
+    else:
+        out = out.view(gt, gh * gw, c, temporal * patch * patch)
     mean, std = _MEAN_255.view(1, c, 1), _STD_255.view(1, c, 1)
     # Reorder as uint8 (4x less data than floats), then convert and normalise in place. The arithmetic
     # is elementwise, so the order does not change a value; working a few temporal groups at a time
@@ -74,6 +82,52 @@ def patchify_video(
         frames = torch.cat([frames, frames[-1:].expand(pad, -1, -1, -1)])
     pixel_values, grid = _patchify(frames, patch_size, temporal_patch_size, merge_size)
     return pixel_values, torch.tensor(grid, dtype=torch.long), temporal_patch_size / sample_fps
+
+
+class VideoPatchStream:
+    """Patchify a video chunk by chunk while it decodes: pass it as `read_video(on_chunk=...)`.
+
+    Each chunk (uint8 [t, 3, H, W] at frame offset `start`, t even except for an odd last chunk)
+    is patchified into its rows of one preallocated output, so the result equals
+    `patchify_video(frames, ...)` on the whole video, value for value.
+    """
+
+    def __init__(self, patch_size: int = PATCH_SIZE, temporal_patch_size: int = TEMPORAL_PATCH_SIZE,
+                 merge_size: int = MERGE_SIZE):
+        self._sizes = (patch_size, temporal_patch_size, merge_size)
+        self._pixel_values: torch.Tensor | None = None
+        self._grid: list[int] | None = None
+        self._sample_fps = 0.0
+        self._frames_seen = 0
+        self._total = 0
+
+    def __call__(self, frames: torch.Tensor, start: int, info) -> None:
+        """`info` is read_video's VideoInfo (frame count and sample_fps); `start` a frame offset."""
+        patch, temporal, merge = self._sizes
+        total = len(info.frame_indices)
+        if start % temporal or (len(frames) % temporal and start + len(frames) != total):
+            raise ValueError(f"VideoPatchStream: chunk at frame {start} of {len(frames)} frames is not aligned "
+                             f"to temporal_patch_size {temporal}")
+        _, c, h, w = frames.shape
+        if self._pixel_values is None or start == 0:
+            self._grid = [-(-total // temporal), h // patch, w // patch]
+            rows = self._grid[0] * self._grid[1] * self._grid[2]
+            self._pixel_values = torch.empty((rows, c * temporal * patch * patch), dtype=torch.float32)
+            self._sample_fps = info.sample_fps
+            self._frames_seen, self._total = 0, total
+        self._frames_seen += len(frames)
+        if pad := -len(frames) % temporal:
+            frames = torch.cat([frames, frames[-1:].expand(pad, -1, -1, -1)])
+        per_group = self._grid[1] * self._grid[2]
+        first = start // temporal * per_group
+        dest = self._pixel_values[first : first + len(frames) // temporal * per_group]
+        _patchify(frames, patch, temporal, merge, out=dest)
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """-> (pixel_values_videos, video_grid_thw, second_per_grid_t), as `patchify_video` returns."""
+        if self._pixel_values is None or self._frames_seen != self._total:
+            raise RuntimeError(f"VideoPatchStream.result(): got {self._frames_seen} of {self._total} frames")
+        return self._pixel_values, torch.tensor(self._grid, dtype=torch.long), self._sizes[1] / self._sample_fps
 
 
 def patchify_image(

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 
 from megatron_vrft.data.media import MediaError, load_image
-from megatron_vrft.data.patchify import patchify_image, patchify_video
+from megatron_vrft.data.patchify import VideoPatchStream, patchify_image
 from megatron_vrft.data.video import VideoInfo, read_video
 
 REWARD_COLUMNS = (
@@ -196,12 +196,19 @@ def decode_media(ref: MediaRef) -> Visual:
         image = load_image(ref.path if ref.path is not None else ref.data, **ref.options)
         pixel_values, grid = patchify_image(image)
         return Visual("image", pixel_values, grid, image)
-    frames, info = read_video(ref.path, **ref.options)
+    patches = VideoPatchStream()
+    on_chunk = patches
     if ref.overlay:
         from megatron_vrft.data.overlay import overlay_frames
 
-        frames = overlay_frames(frames, info.timestamps, ref.overlay, ref.subtitles)
-    pixel_values, grid, second_per_grid_t = patchify_video(frames, sample_fps=info.sample_fps)
+        def on_chunk(chunk: torch.Tensor, start: int, info: VideoInfo) -> None:
+            stamps = info.timestamps[start : start + len(chunk)]
+            chunk.copy_(overlay_frames(chunk, stamps, ref.overlay, ref.subtitles))
+            patches(chunk, start, info)
+
+    # Patchify (and overlay) each chunk as it is resized, overlapping that work with decoding.
+    frames, info = read_video(ref.path, on_chunk=on_chunk, **ref.options)
+    pixel_values, grid, second_per_grid_t = patches.result()
     return Visual("video", pixel_values, grid, frames, second_per_grid_t, info)
 
 

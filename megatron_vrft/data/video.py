@@ -17,11 +17,12 @@
   total_pixels default MODEL_SEQ_LEN*28*28*0.9 (env MODEL_SEQ_LEN, default 128000, read per call).
 - resize: torchvision's tensor BICUBIC with antialias (see `media.resize_frames`).
 
-Backends: decord first (what qwen-vl-utils uses when torchcodec is absent), PyAV when decord cannot
-open or decode the file. Only the sampled frames are decoded; with decord, chunk k+1 is decoded on a
-helper thread while chunk k is resized (decord releases the GIL). The two backends can differ by a
-few levels in YUV->RGB conversion; frame indices and sizes are the same. Every failure that belongs
-to the file raises `media.MediaError`.
+Backends (`video_backends.py`): decord first (what qwen-vl-utils uses when torchcodec is absent; its
+frame numbering and pixels are the reference), PyAV when decord cannot open or decode the file. Only
+the sampled frames are decoded, in chunks: chunk k+1 decodes on a helper thread while chunk k is
+resized and handed to `on_chunk` (the decoders release the GIL), so the per-frame work after decoding
+(resize, patchify, overlays) runs on a second core. Every failure that belongs to the file raises
+`media.MediaError`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -45,6 +47,7 @@ from megatron_vrft.data.media import (
     round_by_factor,
     smart_resize,
 )
+from megatron_vrft.data.video_backends import SOURCES, BackendFailure, VideoMeta
 
 logger = logging.getLogger(__name__)
 
@@ -56,24 +59,6 @@ VIDEO_MIN_PIXELS = 128 * IMAGE_FACTOR**2  # 100,352
 VIDEO_MAX_PIXELS = 768 * IMAGE_FACTOR**2  # 602,112
 DEFAULT_MODEL_SEQ_LEN = 128000
 BACKENDS = ("decord", "pyav")
-DECODE_CHUNK = 8  # frames per decord get_batch call; the next chunk decodes while this one is resized
-
-
-@dataclass(frozen=True)
-class VideoMeta:
-    """Container-level facts about a video file (no frames decoded beyond the first)."""
-
-    path: str
-    fps: float  # native average frame rate
-    total_frames: int
-    width: int
-    height: int
-    backend: str  # "decord" or "pyav"
-
-    @property
-    def duration(self) -> float:
-        """Seconds, as qwen-vl-utils computes it: total_frames / fps."""
-        return self.total_frames / self.fps
 
 
 @dataclass(frozen=True)
@@ -185,107 +170,6 @@ def _check_file(path: str) -> None:
         raise MediaError(path, "empty", "zero-byte file")
 
 
-# ---------------------------------------------------------------- backends
-
-
-class _BackendFailure(Exception):
-    """A backend could not open/decode the file; the next backend is tried."""
-
-
-class _DecordSource:
-    """decord.VideoReader: random access, so frames can be fetched chunk by chunk."""
-
-    def __init__(self, path: str):
-        import decord
-
-        self._errors = (RuntimeError, AssertionError, decord.DECORDError)
-        try:
-            self._vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=0)
-        except self._errors as e:
-            raise _BackendFailure(f"decord cannot open: {e}") from e
-        first = self.frames([0])
-        self.meta = VideoMeta(
-            path, float(self._vr.get_avg_fps()), len(self._vr), int(first.shape[-1]), int(first.shape[-2]), "decord"
-        )
-        self.chunk_size = DECODE_CHUNK
-
-    def frames(self, indices: list[int]) -> torch.Tensor:
-        """-> uint8 [len(indices), 3, H, W] (a channels-last view of decord's buffer)."""
-        try:
-            arr = self._vr.get_batch(indices)
-        except self._errors as e:
-            raise _BackendFailure(f"decord cannot decode: {e}") from e
-        # A global decord.bridge.set_bridge("torch") makes get_batch return a tensor already.
-        hwc = arr if isinstance(arr, torch.Tensor) else torch.from_numpy(arr.asnumpy())
-        return hwc.permute(0, 3, 1, 2)
-
-    def close(self) -> None:
-        del self._vr
-
-
-class _PyAVSource:
-    """PyAV: sequential decoding, so all wanted frames are picked up in one pass."""
-
-    def __init__(self, path: str):
-        import av
-
-        self._av = av
-        try:
-            self._container = av.open(path)
-        except (av.FFmpegError, OSError, ValueError) as e:
-            raise _BackendFailure(f"pyav cannot open: {e}") from e
-        try:
-            if not self._container.streams.video:
-                raise MediaError(path, "empty", "no video stream")
-            self._stream = self._container.streams.video[0]
-            self.meta = self._read_meta(path)
-        except BaseException:
-            self._container.close()
-            raise
-        self.chunk_size = None  # one pass over the file
-
-    def _read_meta(self, path: str) -> VideoMeta:
-        stream = self._stream
-        rate = stream.average_rate or stream.guessed_rate
-        total = stream.frames
-        if not total:
-            # Containers without a frame count (e.g. some mkv/webm): count packets, which needs no decoding.
-            try:
-                total = sum(1 for packet in self._container.demux(stream) if packet.size)
-                self._container.seek(0)
-            except self._av.FFmpegError as e:
-                raise _BackendFailure(f"pyav cannot demux: {e}") from e
-        ctx = stream.codec_context
-        return VideoMeta(path, float(rate or 0.0), int(total), ctx.width, ctx.height, "pyav")
-
-    def frames(self, indices: list[int]) -> torch.Tensor:
-        """Decode from the start and keep the wanted frames (decode order == presentation order)."""
-        self._stream.thread_type = "AUTO"
-        wanted: dict[int, list[int]] = {}
-        for pos, idx in enumerate(indices):
-            wanted.setdefault(idx, []).append(pos)
-        out: list[np.ndarray | None] = [None] * len(indices)
-        last = max(indices)
-        try:
-            for i, frame in enumerate(self._container.decode(self._stream)):
-                if i in wanted:
-                    rgb = frame.to_ndarray(format="rgb24")
-                    for pos in wanted[i]:
-                        out[pos] = rgb
-                if i >= last:
-                    break
-        except self._av.FFmpegError as e:
-            raise _BackendFailure(f"pyav cannot decode: {e}") from e
-        missing = [indices[p] for p, a in enumerate(out) if a is None]
-        if missing:
-            raise _BackendFailure(f"pyav decoded too few frames: frame {missing[0]} absent")
-        return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
-
-    def close(self) -> None:
-        self._container.close()
-
-
-_SOURCES = {"decord": _DecordSource, "pyav": _PyAVSource}
 
 
 def _backend_order(backend: str | None) -> tuple[str, ...]:
@@ -310,8 +194,8 @@ def probe_video(path: str | os.PathLike, *, backend: str | None = None) -> Video
     failures = []
     for name in order:
         try:
-            source = _SOURCES[name](path)
-        except _BackendFailure as e:
+            source = SOURCES[name](path)
+        except BackendFailure as e:
             failures.append(str(e))
             continue
         source.close()
@@ -332,12 +216,17 @@ def read_video(
     min_frames: int | None = None,
     max_frames: int | None = None,
     backend: str | None = None,
+    on_chunk: Callable[[torch.Tensor, int, VideoInfo], None] | None = None,
 ) -> tuple[torch.Tensor, VideoInfo]:
     """Sample and resize frames like qwen-vl-utils 0.0.14 `fetch_video` (see module docstring).
 
     Returns (frames uint8 [T, 3, H', W'], info). T is even, H' and W' are multiples of 28.
     `fps` XOR `nframes`; `min_frames`/`max_frames` only apply with fps sampling (qwen-vl-utils keys).
     `backend` forces "decord" or "pyav" (default: decord, then PyAV on failure).
+    `on_chunk(frames, start, info)`, when given, is called on the calling thread for consecutive
+    chunks of the result (`frames` is the view `result[start:start + len]`, an even number of frames,
+    writable in place) as soon as each is resized, while the next chunk is still decoding. If a
+    backend fails midway and the next one takes over, the chunks are delivered again from start 0.
     Raises MediaError (missing/empty/corrupt/too_short/out_of_range/bad_aspect) for bad files and
     ValueError for invalid arguments.
     """
@@ -349,8 +238,8 @@ def read_video(
     failures = []
     for name in order:
         try:
-            source = _SOURCES[name](path)
-        except _BackendFailure as e:
+            source = SOURCES[name](path)
+        except BackendFailure as e:
             failures.append(str(e))
             continue
         try:
@@ -364,47 +253,73 @@ def read_video(
                 meta.height, meta.width, n, min_pixels=min_pixels, max_pixels=max_pixels,
                 total_pixels=total_pixels, path=path,
             )
-            frames = _decode_resized(source, indices, height, width)
-        except _BackendFailure as e:
+            info = VideoInfo(
+                path=path,
+                fps=meta.fps,
+                total_frames=meta.total_frames,
+                duration=meta.duration,
+                width=meta.width,
+                height=meta.height,
+                frame_indices=tuple(indices),
+                timestamps=tuple(i / meta.fps for i in indices),
+                sample_fps=n / max(in_range, 1e-6) * meta.fps,
+                video_backend=meta.backend,
+            )
+            frames = _decode_resized(source, info, height, width, on_chunk)
+        except BackendFailure as e:
             logger.debug("%s: %s", path, e)
             failures.append(str(e))
             continue
         finally:
             source.close()
-        info = VideoInfo(
-            path=path,
-            fps=meta.fps,
-            total_frames=meta.total_frames,
-            duration=meta.duration,
-            width=meta.width,
-            height=meta.height,
-            frame_indices=tuple(indices),
-            timestamps=tuple(i / meta.fps for i in indices),
-            sample_fps=n / max(in_range, 1e-6) * meta.fps,
-            video_backend=meta.backend,
-        )
         return frames, info
     raise MediaError(path, "corrupt", "; ".join(failures))
 
 
-def _decode_resized(source, indices: list[int], height: int, width: int) -> torch.Tensor:
-    """Decode `indices` and resize into one uint8 [T, 3, height, width] buffer.
+def _decode_resized(source, info: VideoInfo, height: int, width: int, on_chunk) -> torch.Tensor:
+    """Decode `info.frame_indices` and resize into one uint8 [T, 3, height, width] buffer.
 
     With a random-access source, chunks are decoded on a helper thread while the previous chunk is
-    resized: decoding keeps about one core busy, so the resize runs on the otherwise idle ones.
+    resized and passed to `on_chunk`: decoding keeps one core busy, the rest runs on another.
     """
-    step = source.chunk_size or len(indices)
-    chunks = [indices[i : i + step] for i in range(0, len(indices), step)]
+    indices = list(info.frame_indices)
     out = torch.empty((len(indices), 3, height, width), dtype=torch.uint8)
-    if len(chunks) == 1:
-        return resize_frames(source.frames(indices), height, width, out=out)
+    n = len(indices)
+    starts = _chunk_starts(n, source.chunk_size) if source.chunk_size else [0, n]
+
+    def finish(start: int, decoded: torch.Tensor) -> None:
+        view = out[start : start + len(decoded)]
+        resize_frames(decoded, height, width, out=view)
+        if on_chunk is not None:
+            on_chunk(view, start, info)
+
+    if len(starts) == 2:
+        finish(0, source.frames(indices))
+        return out
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="video-decode") as pool:
-        pending = pool.submit(source.frames, chunks[0])
-        pos = 0
-        for k, chunk in enumerate(chunks):
+        pending = pool.submit(source.frames, indices[starts[0] : starts[1]])
+        for k in range(len(starts) - 1):
             decoded = pending.result()
-            if k + 1 < len(chunks):
-                pending = pool.submit(source.frames, chunks[k + 1])
-            resize_frames(decoded, height, width, out=out[pos : pos + len(chunk)])
-            pos += len(chunk)
+            if k + 2 < len(starts):
+                pending = pool.submit(source.frames, indices[starts[k + 1] : starts[k + 2]])
+            finish(starts[k], decoded)
     return out
+
+
+def _chunk_starts(n: int, step: int) -> list[int]:
+    """Chunk boundaries [0, ..., n] for n frames: chunks of `step`, then halving ones at the end.
+
+    Only the work on the last chunk cannot overlap a decode, so the last 2*step frames go in chunks
+    that halve down to FRAME_FACTOR (e.g. 50 frames, step 8: 8 x 5, 6, 2, 2). Chunks stay even.
+    """
+    sizes = []
+    while n > 2 * step:
+        sizes.append(step)
+        n -= step
+    while n > FRAME_FACTOR:
+        half = ceil_by_factor(n / 2, FRAME_FACTOR)
+        sizes.append(half)
+        n -= half
+    if n:
+        sizes.append(n)
+    return [0, *np.cumsum(sizes).tolist()]

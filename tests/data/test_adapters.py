@@ -202,10 +202,19 @@ def test_bad_arguments(tmp_path):
 def test_video_r2_overlay_is_drawn_on_decoded_frames():
     from megatron_vrft.data.overlay import hhmmss, parse_srt
 
-    (grpo, _), _ = _load("video_r2", "grpo", video_options={"nframes": 4, "min_pixels": 112 * 112, "max_pixels": 112 * 112})
-    plain_ref = dataclasses.replace(grpo[0].media[0], overlay=())
+    from megatron_vrft.data.overlay import overlay_frames
+    from megatron_vrft.data.patchify import patchify_video
+
+    # 10 frames arrive in decode chunks of 8 + 2: the overlay and patchify run per chunk.
+    (grpo, _), _ = _load("video_r2", "grpo", video_options={"nframes": 10, "min_pixels": 112 * 112, "max_pixels": 112 * 112})
+    ref = grpo[0].media[0]
+    plain_ref = dataclasses.replace(ref, overlay=())
     drawn = grpo[0].with_visuals().visuals[0]
     plain = decode_media(plain_ref)
+    assert len(drawn.info.frame_indices) == 10
+    whole = overlay_frames(plain.frames, drawn.info.timestamps, ref.overlay, ref.subtitles)
+    assert torch.equal(drawn.frames, whole)
+    assert torch.equal(drawn.pixel_values, patchify_video(whole, sample_fps=drawn.info.sample_fps)[0])
     diff = (drawn.frames.int() - plain.frames.int()).abs()
     assert diff[:, :, :14, :].sum() > 0  # timestamp box top-left
     assert diff[:, :, -14:, :].sum() > 0  # subtitle cue at the bottom (vid_000 has an .srt)

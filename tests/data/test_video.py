@@ -13,6 +13,7 @@ import torch
 from _mp4 import frame_ids, frame_pattern, write_mp4
 
 from megatron_vrft.data import video as video_mod
+from megatron_vrft.data import video_backends
 from megatron_vrft.data.media import MediaError, resize_frames
 from megatron_vrft.data.video import probe_video, read_video
 
@@ -107,9 +108,9 @@ def test_pyav_backend_matches_decord(videos):
 
 def test_falls_back_to_pyav_when_decord_fails(videos, monkeypatch):
     def broken(path):
-        raise video_mod._BackendFailure("decord cannot open: simulated")
+        raise video_backends.BackendFailure("decord cannot open: simulated")
 
-    monkeypatch.setitem(video_mod._SOURCES, "decord", broken)
+    monkeypatch.setitem(video_backends.SOURCES, "decord", broken)
     frames, info = read_video(videos["A"], nframes=4, min_pixels=SMALL)
     assert info.video_backend == "pyav"
     assert frame_ids(frames) == [0, 16, 33, 49]
@@ -219,14 +220,14 @@ def test_resize_frames_matches_torchvision_op_sequence():
 
 
 def test_decode_failure_in_a_later_chunk_falls_back(videos, monkeypatch):
-    original = video_mod._DecordSource.frames
+    original = video_backends.DecordSource.frames
 
     def fail_after_first_chunk(self, indices):
         if indices[0] > 0:
-            raise video_mod._BackendFailure("decord cannot decode: simulated")
+            raise video_backends.BackendFailure("decord cannot decode: simulated")
         return original(self, indices)
 
-    monkeypatch.setattr(video_mod._DecordSource, "frames", fail_after_first_chunk)
+    monkeypatch.setattr(video_backends.DecordSource, "frames", fail_after_first_chunk)
     frames, info = read_video(videos["A"], nframes=20, min_pixels=SMALL)  # chunks of 8: fails on the 2nd
     assert info.video_backend == "pyav"
     assert frame_ids(frames) == list(info.frame_indices) and len(info.frame_indices) == 20
@@ -236,3 +237,92 @@ def test_linspace_rounding_is_half_to_even():
     # qwen-vl-utils rounds torch.linspace values with torch.round (ties to even): 4.5 -> 4, 5.5 -> 6.
     assert video_mod.sample_indices(0, 9, 3) == [0, 4, 9]
     assert video_mod.sample_indices(0, 11, 3) == [0, 6, 11]
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_on_chunk_streams_the_result_in_order(videos, backend):
+    seen = []
+
+    def record(chunk, start, info):
+        assert len(chunk) % 2 == 0 and len(info.frame_indices) == 20
+        seen.append((start, chunk.clone()))
+        chunk.fill_(7)  # chunks are views of the result: in-place edits must land in it
+
+    frames, info = read_video(videos["A"], nframes=20, min_pixels=SMALL, backend=backend, on_chunk=record)
+    reference, _ = read_video(videos["A"], nframes=20, min_pixels=SMALL, backend=backend)
+    starts = [s for s, _ in seen]
+    assert starts == [0, 8, 14, 18]
+    assert torch.equal(torch.cat([c for _, c in seen]), reference)
+    assert bool((frames == 7).all())
+
+
+def test_video_patch_stream_equals_whole_video_patchify(videos):
+    from megatron_vrft.data.patchify import VideoPatchStream, patchify_video
+
+    stream = VideoPatchStream()
+    frames, info = read_video(videos["B"], nframes=12, min_pixels=SMALL, on_chunk=stream)
+    pixel_values, grid, second_per_grid_t = stream.result()
+    ref_values, ref_grid, ref_second = patchify_video(frames, sample_fps=info.sample_fps)
+    assert torch.equal(pixel_values, ref_values) and torch.equal(grid, ref_grid)
+    assert second_per_grid_t == ref_second == 2 / info.sample_fps
+
+
+def test_video_patch_stream_rejects_misaligned_or_missing_chunks(videos):
+    from megatron_vrft.data.patchify import VideoPatchStream
+
+    frames, info = read_video(videos["A"], nframes=8, min_pixels=SMALL)
+    stream = VideoPatchStream()
+    with pytest.raises(ValueError, match="not aligned"):
+        stream(frames[1:4], 1, info)
+    stream = VideoPatchStream()
+    stream(frames[:4], 0, info)
+    with pytest.raises(RuntimeError, match="got 4 of 8 frames"):
+        stream.result()
+
+
+@pytest.mark.parametrize("n,starts", [(50, [0, 8, 16, 24, 32, 40, 46, 48, 50]), (16, [0, 8, 12, 14, 16]),
+                                      (8, [0, 4, 6, 8]), (2, [0, 2])])
+def test_decode_chunks_shrink_towards_the_end(n, starts):
+    # Only the last chunk's resize/patchify cannot overlap decoding: it is kept at 2 frames.
+    assert video_mod._chunk_starts(n, 8) == starts
+
+
+def _decord_only(path, indices):
+    import decord
+
+    return torch.from_numpy(decord.VideoReader(str(path), num_threads=1).get_batch(indices).asnumpy())
+
+
+@pytest.mark.parametrize("name,kwargs", [("A", dict(nframes=50)), ("A", dict(nframes=4)), ("B", dict(fps=4))])
+def test_pyav_fast_path_returns_decords_frames(videos, name, kwargs, monkeypatch):
+    # nframes=4 of A (key frames every 12) seeks between samples; 50 frames decodes straight through.
+    indices = list(read_video(videos[name], min_pixels=SMALL, **kwargs)[1].frame_indices)
+    calls = []
+    original = video_backends.TimedPyAV.frames
+    monkeypatch.setattr(video_backends.TimedPyAV, "frames", lambda self, idx: calls.append(idx) or original(self, idx))
+    source = video_backends.DecordSource(str(videos[name]))
+    got = torch.cat([source.frames(indices[i : i + 8]) for i in range(0, len(indices), 8)])
+    assert sum(len(c) for c in calls) == len(indices)  # every frame came through PyAV...
+    assert torch.equal(got.permute(0, 2, 3, 1), _decord_only(videos[name], indices))  # ...bit-identical
+    source.close()
+
+
+@pytest.mark.parametrize("break_what", ["pixels", "times"])
+def test_pyav_fast_path_falls_back_to_decord_on_any_mismatch(videos, break_what, monkeypatch):
+    original_init = video_backends.TimedPyAV.__init__
+
+    def broken_init(self, path, times, keys, first):
+        if break_what == "pixels":  # as if PyAV converted YUV -> RGB differently from decord
+            first = first.copy()
+            first[0, 0, 0] ^= 1
+        else:  # as if the two libraries numbered frames differently
+            times = times + 0.01
+        original_init(self, path, times, keys, first)
+
+    monkeypatch.setattr(video_backends.TimedPyAV, "__init__", broken_init)
+    indices = list(range(0, 50, 3))
+    source = video_backends.DecordSource(str(videos["A"]))
+    got = torch.cat([source.frames(indices[i : i + 8]) for i in range(0, len(indices), 8)])
+    assert source._fast is None  # gave up on PyAV...
+    assert torch.equal(got.permute(0, 2, 3, 1), _decord_only(videos["A"], indices))  # ...and lost nothing
+    source.close()
