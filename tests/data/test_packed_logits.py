@@ -39,8 +39,8 @@ PAD_MULTIPLE = 16
 # fps 2 on 10 fps videos: 30 frames (3 s) -> 6 sampled frames -> 3 temporal patches; 20 -> 4 -> 2.
 VIDEO_OPTIONS = {"fps": 2, "min_pixels": 56 * 56, "max_pixels": 56 * 56}
 IMAGE_OPTIONS = {"min_pixels": 56 * 56, "max_pixels": 56 * 112}
-# 2 LLM layers, 2 ViT blocks (block 1 full attention, block 0 windowed: the 56 px window is smaller
-# than the 56x56 frames' 4x4 patch grid and the images).
+# 2 LLM layers, 2 ViT blocks (block 0 windowed, block 1 full attention). The 56 px window covers a
+# whole 56x56 frame but splits the 56x112 and 84x56 images into 2 windows each (one partial).
 MODEL_SHAPE = {"vision": {"depth": 2, "fullatt_block_indexes": [1]}}
 
 
