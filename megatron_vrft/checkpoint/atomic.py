@@ -1,8 +1,10 @@
 """Atomic output directories for every checkpoint writer.
 
-``atomic_dir(out)`` hands out ``OUT.tmp-<pid>``; when the block succeeds every directory in it is
-fsynced (files are fsynced by their writers), the optional ``COMPLETE`` marker is written last, and
-the directory is renamed to ``OUT`` (a reader never sees a half-written ``OUT``). On any exception,
+``atomic_dir(out)`` hands out ``OUT.tmp-<pid>``; when the block succeeds every file and directory
+in it is fsynced (writers need not: one pass at the end lets the disk write a file back while the
+next one is produced, and covers small files such as ``metadata.json``), the optional
+``COMPLETE`` marker is written last, and the directory is renamed to ``OUT`` (a reader never sees
+a half-written ``OUT``). On any exception,
 Ctrl-C included, the temp dir is removed and nothing appears at ``OUT``.
 """
 
@@ -23,7 +25,7 @@ class CheckpointError(ValueError):
     """A checkpoint directory/file that cannot be read or written as asked (message names it)."""
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -54,13 +56,15 @@ def atomic_dir(out: str | Path, *, overwrite: bool = False, marker: bool = True)
     tmp.mkdir()
     try:
         yield tmp
+        for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            _fsync(f)
         if marker:
             with open(tmp / COMPLETE, "w") as f:
                 f.write("ok\n")
                 f.flush()
                 os.fsync(f.fileno())
         for sub in [p for p in tmp.rglob("*") if p.is_dir()] + [tmp]:
-            _fsync_dir(sub)
+            _fsync(sub)
         if out.exists():
             old = out.parent / f"{out.name}.old-{os.getpid()}"
             os.rename(out, old)
@@ -68,7 +72,7 @@ def atomic_dir(out: str | Path, *, overwrite: bool = False, marker: bool = True)
             shutil.rmtree(old)
         else:
             os.rename(tmp, out)
-        _fsync_dir(out.parent)
+        _fsync(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

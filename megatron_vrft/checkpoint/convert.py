@@ -1,10 +1,11 @@
 """Offline HF <-> mcore checkpoint conversion (the logic behind ``checkpoint_convert/*.py``).
 
-Both directions validate the input completely before creating any output, plan every output file
-from tensor metadata alone (meta tensors, no data read), then stream: one HF tensor is read, the
-weight map turns it into one rank's shard (or one full HF tensor), and the streaming safetensors
-writer appends it to the file. Peak memory is therefore about one parameter family plus the
-pages of the input shards the OS keeps mapped, whatever the model size. Output goes through
+Both directions validate the input completely and plan every output file before creating any
+output: shapes come from the weight map (``shard_shape``, ``hf_shapes``), and the bytes of each
+output tensor are located in the input files by running the same map on index tensors
+(``assemble.FamilyIndex``). Writing then moves byte ranges from file to file (kernel-side copies,
+gathers for per-row slices, ``assemble.write_assembled``), so no tensor is materialised and peak
+memory is a few MB of plan plus one gather chunk, whatever the model size. Output goes through
 ``atomic_dir``: nothing appears at the destination unless the whole conversion succeeded.
 """
 
@@ -16,16 +17,18 @@ from typing import Any
 
 from tqdm import tqdm
 
+from megatron_vrft.checkpoint.assemble import FamilyIndex, FileTable, Pieces, write_assembled
 from megatron_vrft.checkpoint.atomic import CheckpointError, atomic_dir
 from megatron_vrft.checkpoint.hf_io import (
     DEFAULT_MAX_SHARD_BYTES,
     HFCheckpoint,
     copy_hf_side_files,
+    hf_shards,
     read_hf_config,
-    write_hf_checkpoint,
+    write_hf_index,
 )
-from megatron_vrft.checkpoint.mcore_io import METADATA, McoreCheckpoint, build_metadata, rank_dir, rank_writer
-from megatron_vrft.checkpoint.stream import TensorSpec, WriteBehind
+from megatron_vrft.checkpoint.mcore_io import METADATA, McoreCheckpoint, build_metadata, rank_dir, rank_file
+from megatron_vrft.checkpoint.stream import TensorSpec
 from megatron_vrft.models.qwen2_5_vl import weights as W
 
 __all__ = ["convert_hf_to_mcore", "convert_mcore_to_hf", "check_same_model", "run_cli"]
@@ -36,23 +39,21 @@ def _progress(total: int, desc: str, enabled: bool) -> tqdm:
                 dynamic_ncols=True)
 
 
-class _RecentReads:
-    """``get`` with the last three tensors kept: TP rank r+1 asks for the family rank r just read
-    (a family has at most three HF tensors: q, k, v)."""
-
-    def __init__(self, get):
-        self._get, self._recent = get, {}
-
-    def __call__(self, name: str):
-        if name not in self._recent:
-            if len(self._recent) == 3:
-                self._recent.pop(next(iter(self._recent)))
-            self._recent[name] = self._get(name)
-        return self._recent[name]
+def _blocks(param: W.Param, tp: int) -> int:
+    """Units per row of an HF tensor: a row-parallel split takes one of ``tp`` column blocks."""
+    return tp if param.tp_axis == 1 else 1
 
 
-def _plan(tensors) -> list[TensorSpec]:
-    return [TensorSpec(n, t.dtype, tuple(t.shape)) for n, t in tensors]
+def _hf_to_mcore_rank(src: HFCheckpoint, d: W.ModelDims, files: FileTable, tp_rank: int, tp_size: int,
+                      pp_rank: int, pp_size: int, first_stage_layers: int | None) -> list[tuple[TensorSpec, Pieces]]:
+    """The tensors of one rank file, in the model's order, each with its source byte runs."""
+    entries = []
+    for inst in W.instances(d, pp_size, first_stage_layers):
+        if inst.pp_rank == pp_rank:
+            fam = FamilyIndex(files, [src.locate(n) for n in inst.hf], _blocks(inst.param, tp_size))
+            index = W.split_param(inst.param, fam.inputs, d, tp_rank, tp_size)
+            entries.append(fam.entry(inst.mcore, W.shard_shape(inst.param, d, tp_rank, tp_size), index))
+    return entries
 
 
 def convert_hf_to_mcore(hf_dir: str | Path, out_dir: str | Path, *, tp: int = 1, pp: int = 1,
@@ -60,34 +61,19 @@ def convert_hf_to_mcore(hf_dir: str | Path, out_dir: str | Path, *, tp: int = 1,
                         progress: bool = True) -> Path:
     """HF Qwen2.5-VL safetensors -> mcore weights checkpoint at TP x PP (format: ``mcore_io``)."""
     src = HFCheckpoint(hf_dir)
-    cfg = src.config
-    W.check_parallel_sizes(W.model_dims(cfg), tp, pp, first_stage_layers)
-    ranks = [(t, p) for p in range(pp) for t in range(tp)]
-    kw = dict(tp_size=tp, pp_size=pp, first_stage_layers=first_stage_layers)
-    plans = {r: _plan(W.hf_to_mcore(src.meta, cfg, tp_rank=r[0], pp_rank=r[1], **kw)) for r in ranks}
+    d = W.model_dims(src.config)
+    W.check_parallel_sizes(d, tp, pp, first_stage_layers)
+    files = FileTable()
+    entries = {(t, p): _hf_to_mcore_rank(src, d, files, t, tp, p, pp, first_stage_layers)
+               for p in range(pp) for t in range(tp)}
     dtype = src.specs["model.embed_tokens.weight"].dtype
-    total = sum(s.nbytes for plan in plans.values() for s in plan)
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp, _progress(total, "hf->mcore", progress) as bar, \
-            WriteBehind() as behind:
-        for p in range(pp):
-            # all TP ranks of a stage in lockstep: each HF tensor is read once for every rank
-            bar.set_postfix_str(f"pp stage {p}")
-            reads = _RecentReads(src.get)
-            writers = [rank_writer(tmp, t, p, plans[(t, p)], on_tensor=bar.update, write_behind=behind)
-                       for t in range(tp)]
-            shards = (W.hf_to_mcore(reads, cfg, tp_rank=t, pp_rank=p, compact=False, **kw) for t in range(tp))
-            try:
-                for items in zip(*shards):
-                    for writer, (name, shard) in zip(writers, items):
-                        writer.add(name, shard)
-            except BaseException:
-                for writer in writers:
-                    writer.abort()
-                raise
-            for writer in writers:
-                writer.close()
+    total = sum(spec.nbytes for rank in entries.values() for spec, _ in rank)
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp, _progress(total, "hf->mcore", progress) as bar:
+        for (t, p), rank_entries in entries.items():
+            path, rank_meta = rank_file(tmp, t, p)
+            write_assembled(path, rank_entries, files, metadata=rank_meta, on_bytes=bar.update)
         meta = build_metadata(src.config_dict, tp=tp, pp=pp, first_stage_layers=first_stage_layers, dtype=dtype,
-                              tensors_per_rank={rank_dir(t, p): len(plans[(t, p)]) for t, p in ranks})
+                              tensors_per_rank={rank_dir(t, p): len(e) for (t, p), e in entries.items()})
         (tmp / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
     src.close()
     return Path(out_dir)
@@ -113,6 +99,26 @@ def check_same_model(cfg: Any, other: Any, where: Path) -> None:
                 f"is {getattr(b, field)} there, {getattr(a, field)} in the checkpoint")
 
 
+def _mcore_to_hf_plan(ck: McoreCheckpoint, files: FileTable) -> list[tuple[TensorSpec, Pieces]]:
+    """The HF tensors in release order, each with its source byte runs; shard shapes are checked."""
+    d, hf_shapes = W.model_dims(ck.config), W.hf_shapes(ck.config)
+    entries = []
+    for inst in W.instances(d, ck.pp, ck.first_stage_layers):
+        if not inst.export:
+            continue
+        located = [ck.locate(r, inst.pp_rank, inst.mcore) for r in range(ck.tp)]
+        for r, (path, _, spec) in enumerate(located):
+            want = W.shard_shape(inst.param, d, r, ck.tp)
+            if spec.shape != want:
+                raise W.WeightShapeError(f"mcore tensor {inst.mcore} (tp_rank={r}, pp_rank={inst.pp_rank}) in {path} "
+                                         f"has shape {list(spec.shape)}, expected {list(want)}")
+        # shards are merged along rows or along columns: either way whole shard rows are the units
+        fam = FamilyIndex(files, located, 1)
+        for name, index in zip(inst.hf, W.merge_param(inst.param, fam.inputs, d)):
+            entries.append(fam.entry(name, hf_shapes[name], index))
+    return entries
+
+
 def convert_mcore_to_hf(mcore_dir: str | Path, out_dir: str | Path, *, hf_config_dir: str | Path | None = None,
                         max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, overwrite: bool = False,
                         progress: bool = True) -> Path:
@@ -126,13 +132,14 @@ def convert_mcore_to_hf(mcore_dir: str | Path, out_dir: str | Path, *, hf_config
     cfg = ck.config
     if hf_config_dir is not None:
         check_same_model(cfg, read_hf_config(hf_config_dir)[1], Path(hf_config_dir))
-    kw = dict(tp_size=ck.tp, pp_size=ck.pp, first_stage_layers=ck.first_stage_layers)
-    plan = _plan(W.mcore_to_hf(ck.meta_tensor, cfg, **kw))
+    files = FileTable()
+    plan = dict(_mcore_to_hf_plan(ck, files))
+    shards = hf_shards(list(plan), max_shard_bytes)
     with atomic_dir(out_dir, overwrite=overwrite, marker=False) as tmp, \
             _progress(sum(s.nbytes for s in plan), "mcore->hf", progress) as bar:
-        with WriteBehind() as behind:
-            write_hf_checkpoint(tmp, plan, W.mcore_to_hf(ck.get, cfg, **kw), max_shard_bytes=max_shard_bytes,
-                                on_tensor=bar.update, write_behind=behind)
+        for fname, group in shards:
+            write_assembled(tmp / fname, [(spec, plan[spec]) for spec in group], files, on_bytes=bar.update)
+        write_hf_index(tmp, shards)
         if hf_config_dir is not None:
             copy_hf_side_files(Path(hf_config_dir), tmp)
         else:

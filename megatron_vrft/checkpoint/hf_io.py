@@ -6,9 +6,9 @@ Qwen2.5-VL name (either key layout), no expected tensor is missing, and every sh
 safetensors headers, no data loaded) matches the config. Tensors are then read one at a time by
 canonical (released-layout) name through ``get``.
 
-``write_hf_checkpoint`` writes the released layout, split into files of at most
-``max_shard_bytes`` with ``model.safetensors.index.json`` (or a single ``model.safetensors``),
-streaming one tensor at a time.
+``hf_shards`` / ``write_hf_index`` give the released layout's file split (files of at most
+``max_shard_bytes`` with ``model.safetensors.index.json``, or a single ``model.safetensors``);
+``write_hf_checkpoint`` streams tensors into it one at a time.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from typing import Any, Callable, Iterator
 import torch
 
 from megatron_vrft.checkpoint.atomic import CheckpointError
-from megatron_vrft.checkpoint.stream import SafetensorsFile, TensorSpec, WriteBehind, write_safetensors
+from megatron_vrft.checkpoint.stream import SafetensorsFile, TensorSpec, write_safetensors
 from megatron_vrft.models.qwen2_5_vl import weights as W
 
-__all__ = ["HFCheckpoint", "read_hf_config", "write_hf_checkpoint", "copy_hf_side_files", "DEFAULT_MAX_SHARD_BYTES"]
+__all__ = ["HFCheckpoint", "read_hf_config", "hf_shards", "write_hf_index", "write_hf_checkpoint", "copy_hf_side_files",
+           "DEFAULT_MAX_SHARD_BYTES"]
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
 INDEX = "model.safetensors.index.json"
@@ -109,10 +110,11 @@ class HFCheckpoint:
             specs[name] = TensorSpec(name, stored.dtype, stored.shape)
         return specs
 
-    def meta(self, name: str) -> torch.Tensor:
-        """A meta tensor with the stored dtype and shape (plans a conversion without reading data)."""
-        s = self.specs[name]
-        return torch.empty(s.shape, dtype=s.dtype, device="meta")
+    def locate(self, name: str) -> tuple[Path, int, TensorSpec]:
+        """``(file, offset of the first byte, stored spec)`` of canonical HF ``name`` (nothing read)."""
+        fname, key = self._where[name]
+        f = self._open(fname)
+        return f.path, f.locate(key), f.specs[key]
 
     def get(self, name: str) -> torch.Tensor:
         """The tensor stored under canonical HF ``name`` (read now, one tensor)."""
@@ -127,16 +129,9 @@ class HFCheckpoint:
         self._handles.clear()
 
 
-def write_hf_checkpoint(
-    out_dir: Path,
-    plan: list[TensorSpec],
-    tensors: Iterator[tuple[str, torch.Tensor]],
-    *,
-    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-    on_tensor: Callable[[int], None] | None = None,
-    write_behind: WriteBehind | None = None,
-) -> list[str]:
-    """Streams ``tensors`` (in ``plan`` order) into HF safetensors shards; returns the file names."""
+def hf_shards(plan: list[TensorSpec], max_shard_bytes: int) -> list[tuple[str, list[TensorSpec]]]:
+    """``plan`` (in order) cut into files of at most ``max_shard_bytes``: ``[(file name, specs)]``,
+    named like the releases (``model-0000k-of-0000n.safetensors``, or ``model.safetensors``)."""
     groups: list[list[TensorSpec]] = [[]]
     size = 0
     for spec in plan:
@@ -147,16 +142,33 @@ def write_hf_checkpoint(
         size += spec.nbytes
     n = len(groups)
     names = ["model.safetensors"] if n == 1 else [f"model-{k + 1:05d}-of-{n:05d}.safetensors" for k in range(n)]
-    it = iter(tensors)
-    weight_map = {}
-    for fname, group in zip(names, groups):
-        write_safetensors(out_dir / fname, group, (next(it) for _ in group), on_tensor=on_tensor,
-                          write_behind=write_behind)
-        weight_map.update({s.name: fname for s in group})
-    if n > 1:
-        index = {"metadata": {"total_size": sum(s.nbytes for s in plan)}, "weight_map": weight_map}
+    return list(zip(names, groups))
+
+
+def write_hf_index(out_dir: Path, shards: list[tuple[str, list[TensorSpec]]]) -> None:
+    """``model.safetensors.index.json`` for ``hf_shards``' files (none for a single file)."""
+    if len(shards) > 1:
+        weight_map = {s.name: fname for fname, group in shards for s in group}
+        total = sum(s.nbytes for _, group in shards for s in group)
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (out_dir / INDEX).write_text(json.dumps(index, indent=2) + "\n")
-    return names
+
+
+def write_hf_checkpoint(
+    out_dir: Path,
+    plan: list[TensorSpec],
+    tensors: Iterator[tuple[str, torch.Tensor]],
+    *,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    on_tensor: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Streams ``tensors`` (in ``plan`` order) into HF safetensors shards; returns the file names."""
+    shards = hf_shards(plan, max_shard_bytes)
+    it = iter(tensors)
+    for fname, group in shards:
+        write_safetensors(out_dir / fname, group, (next(it) for _ in group), on_tensor=on_tensor)
+    write_hf_index(out_dir, shards)
+    return [fname for fname, _ in shards]
 
 
 def copy_hf_side_files(src_dir: Path, out_dir: Path) -> list[str]:

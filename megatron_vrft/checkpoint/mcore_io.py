@@ -32,7 +32,7 @@ __all__ = [
     "rank_dir",
     "McoreCheckpoint",
     "build_metadata",
-    "rank_writer",
+    "rank_file",
     "load_mcore_checkpoint",
     "save_mcore_checkpoint",
 ]
@@ -63,13 +63,10 @@ def build_metadata(hf_config_dict: dict, *, tp: int, pp: int, first_stage_layers
     }
 
 
-def rank_writer(root: Path, tp_rank: int, pp_rank: int, plan: list[TensorSpec], on_tensor=None,
-                write_behind=None) -> SafetensorsWriter:
-    """A streaming writer for ``root/mp_rank_XX_YYY/model.safetensors`` with the tensors of ``plan``."""
+def rank_file(root: Path, tp_rank: int, pp_rank: int) -> tuple[Path, dict[str, str]]:
+    """``(root/mp_rank_XX_YYY/model.safetensors, its header metadata)``; creates the rank dir."""
     (root / rank_dir(tp_rank, pp_rank)).mkdir(parents=True, exist_ok=True)
-    return SafetensorsWriter(root / rank_dir(tp_rank, pp_rank) / "model.safetensors", plan,
-                             metadata={"tp_rank": str(tp_rank), "pp_rank": str(pp_rank)}, on_tensor=on_tensor,
-                             write_behind=write_behind)
+    return root / rank_dir(tp_rank, pp_rank) / "model.safetensors", {"tp_rank": str(tp_rank), "pp_rank": str(pp_rank)}
 
 
 class McoreCheckpoint:
@@ -105,14 +102,14 @@ class McoreCheckpoint:
             raise W.MissingWeightError(f"tensor {name} is absent from {self._files[key].path}")
         return self._files[key]
 
+    def locate(self, tp_rank: int, pp_rank: int, name: str) -> tuple[Path, int, TensorSpec]:
+        """``(rank file, offset of the shard's first byte, stored spec)`` (nothing read)."""
+        f = self._file(tp_rank, pp_rank, name)
+        return f.path, f.locate(name), f.specs[name]
+
     def get(self, tp_rank: int, pp_rank: int, name: str) -> torch.Tensor:
         """One stored shard (read now)."""
         return self._file(tp_rank, pp_rank, name).get(name)
-
-    def meta_tensor(self, tp_rank: int, pp_rank: int, name: str) -> torch.Tensor:
-        """A meta tensor with the stored shard's dtype and shape (no data read)."""
-        spec = self._file(tp_rank, pp_rank, name).specs[name]
-        return torch.empty(spec.shape, dtype=spec.dtype, device="meta")
 
     def hf_view(self) -> W.McoreAsHF:
         """Canonical HF tensors of this checkpoint, gathered one family at a time."""
@@ -178,7 +175,8 @@ def save_mcore_checkpoint(model: torch.nn.Module, path: str | Path, hf_config: A
     dist.broadcast_object_list(tmp, src=0)
     try:
         if writer:
-            out = rank_writer(Path(tmp[0]), tp_rank, pp_rank, plan)
+            path, rank_meta = rank_file(Path(tmp[0]), tp_rank, pp_rank)
+            out = SafetensorsWriter(path, plan, metadata=rank_meta)
             for n in names:
                 out.add(n, state[n].detach().cpu())
             out.close()

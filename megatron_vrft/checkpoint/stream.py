@@ -7,10 +7,11 @@ checkpoint, for a converter that reads it all). The format is simple and fixed (
 length, JSON header of dtype/shape/byte offsets, raw little-endian data), so:
 
 - ``SafetensorsWriter(path, plan)`` / ``write_safetensors(path, plan, tensors)`` write the header
-  from ``plan`` (known in advance from meta tensors), then append the tensors as they are produced,
-  optionally through ``WriteBehind`` (disk writes overlap with reading and converting);
-- ``SafetensorsFile(path)`` parses the header and ``get(name)`` maps just that tensor's bytes
-  (zero-copy; unmapped when the tensor is freed).
+  from ``plan`` (``safetensors_header``: known in advance from meta tensors), then append the
+  tensors as they are produced;
+- ``SafetensorsFile(path)`` parses the header; ``get(name)`` maps just that tensor's bytes
+  (zero-copy; unmapped when the tensor is freed) and ``locate(name)`` gives their file offset
+  (the converters copy them without reading them, ``checkpoint/assemble.py``).
 Files written here load with the library (``load_file`` / ``from_pretrained``; see the tests), and
 files written by the library read here.
 """
@@ -21,9 +22,7 @@ import json
 import math
 import mmap
 import os
-import queue
 import struct
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -32,7 +31,8 @@ import torch
 
 from megatron_vrft.checkpoint.atomic import CheckpointError
 
-__all__ = ["TensorSpec", "SafetensorsFile", "SafetensorsWriter", "WriteBehind", "write_safetensors", "ST_TO_TORCH"]
+__all__ = ["TensorSpec", "SafetensorsFile", "SafetensorsWriter", "safetensors_header", "write_safetensors",
+           "ST_TO_TORCH"]
 
 _ST_DTYPES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -87,6 +87,10 @@ class SafetensorsFile:
     def keys(self) -> list[str]:
         return list(self.specs)
 
+    def locate(self, name: str) -> int:
+        """Absolute file offset of tensor ``name``'s first byte (``specs[name].nbytes`` follow)."""
+        return self._data_start + self._offsets[name][0]
+
     def get(self, name: str) -> torch.Tensor:
         """Tensor ``name``, backed by a private mapping of just its bytes (pre-faulted): no copy is
         made, and the pages leave the process's memory when the tensor is freed."""
@@ -108,79 +112,37 @@ def _as_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(t.view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
 
 
-class WriteBehind:
-    """One background thread doing the file writes, in submission order, so that reading and
-    converting the next tensors overlaps with the disk write of the previous ones (the write is
-    the slowest part of a conversion). At most ``depth`` tensors wait, which bounds the extra
-    memory. Use as a context manager; a write error is re-raised in the submitting thread.
-    """
-
-    def __init__(self, depth: int = 4):
-        self._q: queue.Queue = queue.Queue(maxsize=depth)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="safetensors-write-behind", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            job = self._q.get()
-            try:
-                if job is None:
-                    return
-                if self._error is None:
-                    job[0].write(_as_bytes(job[1]))
-            except BaseException as e:  # noqa: BLE001 - handed to the submitting thread
-                self._error = e
-            finally:
-                self._q.task_done()
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def submit(self, f, t: torch.Tensor) -> None:
-        self._raise()
-        self._q.put((f, t))
-
-    def drain(self) -> None:
-        """Waits until every submitted write is done; re-raises a write error."""
-        self._q.join()
-        self._raise()
-
-    def __enter__(self) -> "WriteBehind":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._q.put(None)
-        self._thread.join()
+def safetensors_header(plan: list[TensorSpec], metadata: dict[str, str] | None = None) -> bytes:
+    """The 8-byte length + JSON header of a file holding ``plan``'s tensors back to back, in order."""
+    header: dict = {}
+    offset = 0
+    for s in plan:
+        if s.dtype not in _ST_DTYPES:
+            raise CheckpointError(f"tensor {s.name}: dtype {s.dtype} cannot be stored in safetensors")
+        header[s.name] = {"dtype": _ST_DTYPES[s.dtype], "shape": list(s.shape),
+                          "data_offsets": [offset, offset + s.nbytes]}
+        offset += s.nbytes
+    header["__metadata__"] = {"format": "pt", **(metadata or {})}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # keep the data 8-byte aligned, as the safetensors library does
+    return struct.pack("<Q", len(raw)) + raw
 
 
 class SafetensorsWriter:
     """Writes one safetensors file whose tensors are all declared up front in ``plan``.
 
     ``add(name, tensor)`` appends the next tensor (it must match the next plan entry: name, dtype,
-    shape); ``close()`` checks that the plan is exhausted and fsyncs. Several writers can be fed in
-    lockstep (one per TP rank), so each input tensor is read once for all ranks.
+    shape); ``close()`` checks that the plan is exhausted and fsyncs. For tensors that exist in
+    memory (a live model's state); converters copy bytes between files instead (``assemble``).
     """
 
     def __init__(self, path: str | Path, plan: list[TensorSpec], *, metadata: dict[str, str] | None = None,
-                 on_tensor: Callable[[int], None] | None = None, write_behind: WriteBehind | None = None):
-        header: dict = {}
-        offset = 0
-        for s in plan:
-            if s.dtype not in _ST_DTYPES:
-                raise CheckpointError(f"tensor {s.name}: dtype {s.dtype} cannot be stored in safetensors")
-            header[s.name] = {"dtype": _ST_DTYPES[s.dtype], "shape": list(s.shape),
-                              "data_offsets": [offset, offset + s.nbytes]}
-            offset += s.nbytes
-        header["__metadata__"] = {"format": "pt", **(metadata or {})}
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)  # keep the data 8-byte aligned, as the safetensors library does
-        self.path, self.nbytes = Path(path), offset
-        self._plan, self._next, self._on_tensor, self._behind = plan, 0, on_tensor, write_behind
+                 on_tensor: Callable[[int], None] | None = None):
+        header = safetensors_header(plan, metadata)
+        self.path, self.nbytes = Path(path), sum(s.nbytes for s in plan)
+        self._plan, self._next, self._on_tensor = plan, 0, on_tensor
         self._f = open(self.path, "wb")
-        self._f.write(struct.pack("<Q", len(raw)))
-        self._f.write(raw)
+        self._f.write(header)
 
     def add(self, name: str, t: torch.Tensor) -> None:
         spec = self._plan[self._next] if self._next < len(self._plan) else None
@@ -189,26 +151,19 @@ class SafetensorsWriter:
         if name != spec.name or t.dtype != spec.dtype or tuple(t.shape) != spec.shape:
             raise CheckpointError(f"{self.path}: expected tensor {spec.name} {spec.dtype} {list(spec.shape)}, "
                                   f"got {name} {t.dtype} {list(t.shape)}")
-        if self._behind is not None:
-            self._behind.submit(self._f, t)
-        else:
-            self._f.write(_as_bytes(t))
+        self._f.write(_as_bytes(t))
         self._next += 1
         if self._on_tensor is not None:
             self._on_tensor(spec.nbytes)
 
     def abort(self) -> None:
         """Closes the file after a failure (the caller's temp dir is removed with it)."""
-        if self._behind is not None:
-            self._behind._q.join()  # no write may still target the file being closed
         self._f.close()
 
     def close(self) -> None:
         try:
             if self._next != len(self._plan):
                 raise CheckpointError(f"{self.path}: expected tensor {self._plan[self._next].name}, got nothing")
-            if self._behind is not None:
-                self._behind.drain()
             self._f.flush()
             os.fsync(self._f.fileno())
         finally:
@@ -222,14 +177,13 @@ def write_safetensors(
     *,
     metadata: dict[str, str] | None = None,
     on_tensor: Callable[[int], None] | None = None,
-    write_behind: WriteBehind | None = None,
 ) -> int:
     """Streams ``tensors`` (same names/dtypes/shapes and order as ``plan``) into a safetensors file.
 
     Returns the bytes of tensor data written. The file is fsynced. A tensor that disagrees with
     its plan entry raises ``CheckpointError`` naming it.
     """
-    writer = SafetensorsWriter(path, plan, metadata=metadata, on_tensor=on_tensor, write_behind=write_behind)
+    writer = SafetensorsWriter(path, plan, metadata=metadata, on_tensor=on_tensor)
     try:
         for name, t in tensors:
             writer.add(name, t)

@@ -31,8 +31,8 @@ import torch
 __all__ = [
     "Kind", "Scope", "Param", "PARAMS", "ModelDims", "WeightMapError", "UnsupportedConfigError",
     "ParallelSizeError", "WeightShapeError", "MissingWeightError", "read_hf_key", "model_dims",
-    "padded_vocab_size", "layer_split", "check_parallel_sizes", "hf_shapes", "mcore_shapes",
-    "hf_to_mcore", "mcore_to_hf", "McoreAsHF", "split_param", "merge_param", "as_hf_config",
+    "padded_vocab_size", "layer_split", "check_parallel_sizes", "hf_shapes", "shard_shape", "mcore_shapes",
+    "Instance", "instances", "hf_to_mcore", "mcore_to_hf", "McoreAsHF", "split_param", "merge_param", "as_hf_config",
     "model_state", "parallel_ranks", "copy_strict", "load_into_model", "export_hf_state",
 ]
 
@@ -296,7 +296,7 @@ def check_parallel_sizes(d: ModelDims, tp: int, pp: int, first_stage_layers: int
 
 
 @dataclass(frozen=True)
-class _Inst:
+class Instance:
     """One parameter of the model: family row + formatted names + owning PP stage."""
 
     param: Param
@@ -306,7 +306,10 @@ class _Inst:
     export: bool  # False for the tied output layer's copy of embed_tokens
 
 
-def _instances(d: ModelDims, pp_size: int, first_stage_layers: int | None) -> Iterator[_Inst]:
+def instances(d: ModelDims, pp_size: int, first_stage_layers: int | None) -> Iterator[Instance]:
+    """Every parameter of the model in checkpoint order (ViT, merger, embedding, layers by stage,
+    final norm, output layer); what ``hf_to_mcore`` / ``mcore_to_hf`` and the byte-level
+    converters iterate over."""
     split = layer_split(d.layers, pp_size, first_stage_layers)
     offsets = [sum(split[:s]) for s in range(pp_size)]
     by_scope: dict[Scope, list[Param]] = {}
@@ -317,23 +320,23 @@ def _instances(d: ModelDims, pp_size: int, first_stage_layers: int | None) -> It
         return tuple(n.format(i=i) for n in p.hf), p.mcore.format(i=local)
 
     vision = by_scope[Scope.VISION]
-    yield _Inst(vision[0], *fmt(vision[0], 0, 0), 0, True)  # patch_embed first, merger after blocks
+    yield Instance(vision[0], *fmt(vision[0], 0, 0), 0, True)  # patch_embed first, merger after blocks
     for i in range(d.depth):
         for p in by_scope[Scope.VISION_LAYER]:
-            yield _Inst(p, *fmt(p, i, i), 0, True)
+            yield Instance(p, *fmt(p, i, i), 0, True)
     for p in vision[1:] + by_scope[Scope.EMBED]:
-        yield _Inst(p, *fmt(p, 0, 0), 0, True)
+        yield Instance(p, *fmt(p, 0, 0), 0, True)
     for stage in range(pp_size):
         for local in range(split[stage]):
             for p in by_scope[Scope.LAYER]:
-                yield _Inst(p, *fmt(p, offsets[stage] + local, local), stage, True)
+                yield Instance(p, *fmt(p, offsets[stage] + local, local), stage, True)
     for p in by_scope[Scope.FINAL]:
-        yield _Inst(p, *fmt(p, 0, 0), pp_size - 1, True)
+        yield Instance(p, *fmt(p, 0, 0), pp_size - 1, True)
     (out,) = by_scope[Scope.OUTPUT]
     if not d.tied:
-        yield _Inst(out, out.hf, out.mcore, pp_size - 1, True)
+        yield Instance(out, out.hf, out.mcore, pp_size - 1, True)
     elif pp_size > 1:
-        yield _Inst(out, ("model.embed_tokens.weight",), out.mcore, pp_size - 1, False)
+        yield Instance(out, ("model.embed_tokens.weight",), out.mcore, pp_size - 1, False)
 
 
 def split_param(p: Param, ts: list[torch.Tensor], d: ModelDims, r: int, tp: int) -> torch.Tensor:
@@ -382,19 +385,28 @@ def _shape(p: Param, j: int, d: ModelDims) -> tuple[int, ...]:
 def hf_shapes(hf_config: Any) -> dict[str, tuple[int, ...]]:
     """Canonical HF name -> shape of every tensor a released checkpoint of this config holds."""
     d = model_dims(hf_config)
-    return {n: _shape(i.param, j, d) for i in _instances(d, 1, None) if i.export for j, n in enumerate(i.hf)}
+    return {n: _shape(i.param, j, d) for i in instances(d, 1, None) if i.export for j, n in enumerate(i.hf)}
+
+
+def shard_shape(p: Param, d: ModelDims, r: int, tp: int) -> tuple[int, ...]:
+    """Shape of TP rank ``r``'s shard of family ``p`` (``split_param``'s output), computed on
+    ``[rows, column blocks]`` int8 stand-ins: a split moves whole rows or one of ``tp`` column
+    blocks, so that is all the shape depends on; meta tensors would import torch._dynamo (~1.5 s)."""
+    hf = [_shape(p, j, d) for j in range(len(p.hf))]
+    blocks = tp if p.tp_axis == 1 else 1
+    stand_ins = [torch.zeros(s[0], *([blocks] if len(s) > 1 else []), dtype=torch.int8) for s in hf]
+    out = split_param(p, stand_ins, d, r, tp)
+    return tuple(out.shape) if len(hf[0]) == 1 else (out.shape[0], hf[0][1] * out.shape[1] // blocks, *hf[0][2:])
 
 
 def mcore_shapes(
     hf_config: Any, *, tp_rank: int, tp_size: int, pp_rank: int, pp_size: int, first_stage_layers: int | None = None
 ) -> dict[str, tuple[int, ...]]:
-    """Local mcore name -> shard shape on one (TP, PP) rank (computed on meta tensors)."""
-    meta = {n: torch.empty(s, device="meta") for n, s in hf_shapes(hf_config).items()}
-    return {
-        n: tuple(t.shape)
-        for n, t in hf_to_mcore(meta.__getitem__, hf_config, tp_rank=tp_rank, tp_size=tp_size, pp_rank=pp_rank,
-                                pp_size=pp_size, first_stage_layers=first_stage_layers)
-    }
+    """Local mcore name -> shard shape on one (TP, PP) rank."""
+    d = model_dims(hf_config)
+    check_parallel_sizes(d, tp_size, pp_size, first_stage_layers)
+    return {i.mcore: shard_shape(i.param, d, tp_rank, tp_size) for i in instances(d, pp_size, first_stage_layers)
+            if i.pp_rank == pp_rank}
 
 
 def hf_to_mcore(
@@ -406,20 +418,17 @@ def hf_to_mcore(
     pp_rank: int,
     pp_size: int,
     first_stage_layers: int | None = None,
-    compact: bool = True,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yields ``(local mcore name, shard)`` for every parameter of one (TP, PP) rank.
 
     ``get_hf(canonical HF name)`` is called lazily, once per HF tensor the rank needs, so callers
-    can stream from disk. With ``compact`` (default) shards are fresh tensors that own exactly
-    their memory (safe to keep: they never alias the caller's tensors nor keep a full HF tensor
-    alive); ``compact=False`` skips that copy and may yield views, for callers that consume each
-    shard at once (the streaming converter). Raises ``WeightShapeError`` naming the tensor when a
-    shape disagrees with the config.
+    can stream from disk. Shards are fresh tensors that own exactly their memory (safe to keep:
+    they never alias the caller's tensors nor keep a full HF tensor alive). Raises
+    ``WeightShapeError`` naming the tensor when a shape disagrees with the config.
     """
     d = model_dims(hf_config)
     check_parallel_sizes(d, tp_size, pp_size, first_stage_layers)
-    for inst in _instances(d, pp_size, first_stage_layers):
+    for inst in instances(d, pp_size, first_stage_layers):
         if inst.pp_rank != pp_rank:
             continue
         ts = []
@@ -430,7 +439,7 @@ def hf_to_mcore(
                 raise WeightShapeError(f"HF tensor {name} has shape {list(t.shape)}, expected {list(want)}")
             ts.append(t)
         shard = split_param(inst.param, ts, d, tp_rank, tp_size)
-        yield inst.mcore, _fresh(shard, ts) if compact else shard
+        yield inst.mcore, _fresh(shard, ts)
 
 
 def _fresh(t: torch.Tensor, inputs: list[torch.Tensor]) -> torch.Tensor:
@@ -461,18 +470,17 @@ def mcore_to_hf(
     """
     d = model_dims(hf_config)
     check_parallel_sizes(d, tp_size, pp_size, first_stage_layers)
-    for inst in _instances(d, pp_size, first_stage_layers):
+    for inst in instances(d, pp_size, first_stage_layers):
         if not inst.export:
             continue
         yield from zip(inst.hf, _gather_inst(inst, get_mcore, d, tp_size))
 
 
-def _gather_inst(inst: _Inst, get_mcore: Callable, d: ModelDims, tp_size: int) -> tuple[torch.Tensor, ...]:
+def _gather_inst(inst: Instance, get_mcore: Callable, d: ModelDims, tp_size: int) -> tuple[torch.Tensor, ...]:
     shards = []
     for r in range(tp_size):
         t = get_mcore(r, inst.pp_rank, inst.mcore)
-        want = tuple(split_param(inst.param, [torch.empty(_shape(inst.param, j, d), device="meta")
-                                         for j in range(len(inst.hf))], d, r, tp_size).shape)
+        want = shard_shape(inst.param, d, r, tp_size)
         if tuple(t.shape) != want:
             raise WeightShapeError(
                 f"mcore tensor {inst.mcore} (tp_rank={r}, pp_rank={inst.pp_rank}) has shape "
@@ -495,9 +503,9 @@ class McoreAsHF:
         self._get, self._d, self._tp = get_mcore, model_dims(hf_config), tp_size
         check_parallel_sizes(self._d, tp_size, pp_size, first_stage_layers)
         self._by_name = {
-            n: inst for inst in _instances(self._d, pp_size, first_stage_layers) if inst.export for n in inst.hf
+            n: inst for inst in instances(self._d, pp_size, first_stage_layers) if inst.export for n in inst.hf
         }
-        self._cache: tuple[_Inst | None, dict[str, torch.Tensor]] = (None, {})
+        self._cache: tuple[Instance | None, dict[str, torch.Tensor]] = (None, {})
 
     def __call__(self, name: str) -> torch.Tensor:
         name = read_hf_key(name)
@@ -589,7 +597,7 @@ def export_hf_state(
     dtypes: list[Any] = [None] * pp_size  # stage -> {name: dtype}: receivers must allocate the right dtype
     dist.all_gather_object(dtypes, {n: t.dtype for n, t in local.items()}, group=ps.get_pipeline_model_parallel_group())
     tp_group, pp_group = ps.get_tensor_model_parallel_group(), ps.get_pipeline_model_parallel_group()
-    for inst in _instances(d, pp_size, first_stage_layers):
+    for inst in instances(d, pp_size, first_stage_layers):
         if not inst.export:
             continue
         if inst.pp_rank == pp_rank:

@@ -1,0 +1,84 @@
+"""The converters' byte-level data path (``checkpoint/assemble.py``): kernel-side copies, gathers of
+per-row slices and the copy fallbacks all write exactly the tensors of the in-memory weight map."""
+
+import errno
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from megatron_vrft.checkpoint import assemble
+from megatron_vrft.checkpoint.atomic import CheckpointError
+from megatron_vrft.checkpoint.convert import convert_hf_to_mcore, convert_mcore_to_hf
+from megatron_vrft.checkpoint.mcore_io import rank_dir
+from megatron_vrft.checkpoint.stream import TensorSpec
+from megatron_vrft.models.qwen2_5_vl import weights as W
+from megatron_vrft.testing.tiny_qwen import TINY_SHAPES, save_tiny_hf
+
+
+def _unsupported(code):
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    return fail
+
+
+# every way write_assembled can move bytes, forced one at a time
+MODES = {
+    "copy_file_range": {"MIN_COPY_RUN": 0},
+    "gather": {"MIN_COPY_RUN": 1 << 40, "_CHUNK": 1000},  # a small chunk: several writes per tensor
+    "sendfile": {"MIN_COPY_RUN": 0, "copy_file_range": _unsupported(errno.EXDEV)},
+    "pread_write": {"MIN_COPY_RUN": 0, "copy_file_range": _unsupported(errno.EXDEV),
+                    "sendfile": _unsupported(errno.ENOSYS)},
+}
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hf") / "untied_gqa"
+    save_tiny_hf(d, seed=0, **TINY_SHAPES["untied_gqa"])  # vocab 129: TP=2 pads a zero row
+    return d
+
+
+def _files(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*.safetensors"))}
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_every_copy_path_writes_the_mapped_tensors(hf_dir, tmp_path, monkeypatch, mode):
+    tp, pp = 2, 2
+    reference = convert_hf_to_mcore(hf_dir, tmp_path / "ref", tp=tp, pp=pp, progress=False)
+    reference_back = convert_mcore_to_hf(reference, tmp_path / "ref_back", progress=False)
+    for name, value in MODES[mode].items():
+        monkeypatch.setattr(os if name in ("copy_file_range", "sendfile") else assemble, name, value)
+    mc = convert_hf_to_mcore(hf_dir, tmp_path / "mc", tp=tp, pp=pp, progress=False)
+    back = convert_mcore_to_hf(mc, tmp_path / "back", progress=False)
+    assert _files(mc) == _files(reference) and _files(back) == _files(reference_back)
+    hf = load_file(hf_dir / "model.safetensors")
+    cfg = W.as_hf_config(json.loads((hf_dir / "config.json").read_text()))
+    for t in range(tp):
+        for p in range(pp):
+            want = dict(W.hf_to_mcore(lambda n: hf[n], cfg, tp_rank=t, tp_size=tp, pp_rank=p, pp_size=pp))
+            got = load_file(mc / rank_dir(t, p) / "model.safetensors")
+            assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert load_file(back / "model.safetensors").keys() == hf.keys()
+    assert all(torch.equal(v, hf[k]) for k, v in load_file(back / "model.safetensors").items())
+
+
+def test_family_index_units_and_runs(tmp_path):
+    """Hand-computed runs: a [4, 6] bf16 tensor at file offset 100, split by columns for TP=2."""
+    files = assemble.FileTable()
+    spec = TensorSpec("w", torch.bfloat16, (4, 6))
+    fam = assemble.FamilyIndex(files, [(tmp_path / "a", 100, spec)], blocks=2)
+    assert fam.unit == 6 and fam.inputs[0].tolist() == [[1, 2], [3, 4], [5, 6], [7, 8]]
+    out, pieces = fam.entry("w1", (4, 3), fam.inputs[0][:, 1:])  # rank 1's columns 3..5
+    assert pieces.offset.tolist() == [106, 118, 130, 142] and pieces.length.tolist() == [6] * 4
+    _, whole = fam.entry("w", (4, 6), fam.inputs[0])  # both blocks of every row: one run
+    assert (whole.file.tolist(), whole.offset.tolist(), whole.length.tolist()) == ([0], [100], [48])
+    padded = torch.cat([fam.inputs[0], torch.zeros(1, 2, dtype=torch.int64)])  # a zero (padding) row
+    _, pad = fam.entry("p", (5, 6), padded)
+    assert pad.file.tolist() == [0, -1] and pad.length.tolist() == [48, 12]
+    with pytest.raises(CheckpointError, match="byte plan of bad has 48 bytes"):
+        fam.entry("bad", (5, 6), fam.inputs[0])
