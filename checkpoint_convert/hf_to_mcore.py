@@ -4,15 +4,20 @@
         --out-dir /ckpt/qwen25vl-7b-mcore --tp 2 --pp 2 [--first-stage-layers 10] [--overwrite]
 
 The output (layout in docs/checkpoints.md) loads into the trainer at this or any other TP/PP.
-Tensors are streamed one at a time (peak RAM ~ one parameter family plus the input pages the OS
-maps), dtypes are kept, and the directory appears only when complete (temp dir + fsync + COMPLETE
-marker + rename). Bad input (another architecture, a missing shard, a TP that does not divide the
+Tensor bytes are moved from file to file without building tensors (peak RAM ~0.5 GB whatever
+the model size), dtypes are kept, and the directory appears only when complete (temp dir +
+fsync + COMPLETE marker + rename). Bad input (another architecture, a missing shard, a TP that does not divide the
 heads, a wrong shape) stops with one ``error:`` line and exit status 2, before anything is written.
 """
 
 import argparse
+import gc
 import sys
 from pathlib import Path
+
+# Importing torch and transformers allocates ~1M objects and triggers full collections for nothing
+# (~0.3 s of start-up); a conversion creates no reference cycles, so the collector stays off.
+gc.disable()
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 

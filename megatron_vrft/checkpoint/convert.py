@@ -3,9 +3,10 @@
 Both directions validate the input completely and plan every output file before creating any
 output: shapes come from the weight map (``shard_shape``, ``hf_shapes``), and the bytes of each
 output tensor are located in the input files by running the same map on index tensors
-(``assemble.FamilyIndex``). Writing then moves byte ranges from file to file (kernel-side copies,
-gathers for per-row slices, ``assemble.write_assembled``), so no tensor is materialised and peak
-memory is a few MB of plan plus one gather chunk, whatever the model size. Output goes through
+(``assemble.FamilyIndex``). Writing then moves those byte ranges into the output files
+(``assemble.write_assembled``: reads and per-row gathers into 64 MiB buffers written with
+``O_DIRECT``), so no tensor is materialised and peak memory is the plan plus a few buffers
+(~0.5 GB with the interpreter, torch and transformers), whatever the model size. Output goes through
 ``atomic_dir``: nothing appears at the destination unless the whole conversion succeeded.
 """
 
@@ -150,7 +151,12 @@ def convert_mcore_to_hf(mcore_dir: str | Path, out_dir: str | Path, *, hf_config
 
 def run_cli(main) -> None:
     """Runs a converter's ``main()``; a user error (any ``ValueError`` subclass we raise, e.g. a bad
-    checkpoint or TP size) prints one ``error:`` line and exits 2 instead of a traceback."""
+    checkpoint or TP size) prints one ``error:`` line and exits 2 instead of a traceback.
+
+    After success the process ends with ``os._exit(0)``: the output is complete, fsynced and
+    renamed, and the interpreter's normal teardown of torch and transformers would add ~0.7 s
+    (a tenth of converting a 3B checkpoint) for nothing."""
+    import os
     import sys
 
     try:
@@ -161,3 +167,6 @@ def run_cli(main) -> None:
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)
         sys.exit(130)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

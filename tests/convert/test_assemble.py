@@ -1,7 +1,9 @@
-"""The converters' byte-level data path (``checkpoint/assemble.py``): kernel-side copies, gathers of
-per-row slices and the copy fallbacks all write exactly the tensors of the in-memory weight map."""
+"""The converters' byte-level data path (``checkpoint/assemble.py``): reads of whole runs, gathers of
+per-row slices, chunk boundaries, O_DIRECT output and its buffered fallbacks all write exactly the
+tensors of the in-memory weight map."""
 
 import errno
+import fcntl
 import json
 import os
 
@@ -18,20 +20,31 @@ from megatron_vrft.models.qwen2_5_vl import weights as W
 from megatron_vrft.testing.tiny_qwen import TINY_SHAPES, save_tiny_hf
 
 
-def _unsupported(code):
-    def fail(*args, **kwargs):
-        raise OSError(code, os.strerror(code))
+_REAL_OPEN, _REAL_WRITE = os.open, os.write
 
-    return fail
+
+def _open_refused(path, flags, *args):
+    """``os.open`` of a filesystem without O_DIRECT (tmpfs)."""
+    if flags & assemble._O_DIRECT:
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+    return _REAL_OPEN(path, flags, *args)
+
+
+def _write_refused(fd, data):
+    """``os.write`` of a filesystem that opens files with O_DIRECT but refuses direct writes."""
+    if fcntl.fcntl(fd, fcntl.F_GETFL) & assemble._O_DIRECT:
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+    return _REAL_WRITE(fd, data)
 
 
 # every way write_assembled can move bytes, forced one at a time
 MODES = {
-    "copy_file_range": {"MIN_COPY_RUN": 0},
-    "gather": {"MIN_COPY_RUN": 1 << 40, "_CHUNK": 1000},  # a small chunk: several writes per tensor
-    "sendfile": {"MIN_COPY_RUN": 0, "copy_file_range": _unsupported(errno.EXDEV)},
-    "pread_write": {"MIN_COPY_RUN": 0, "copy_file_range": _unsupported(errno.EXDEV),
-                    "sendfile": _unsupported(errno.ENOSYS)},
+    "reads": {"MIN_RUN": 0},
+    "gather": {"MIN_RUN": 1 << 40},
+    "small_chunks": {"MIN_RUN": 0, "_CHUNK": 8192},  # runs, gathers and the header cross chunk ends
+    "buffered": {"_O_DIRECT": 0},
+    "direct_open_refused": {"open": _open_refused},
+    "direct_write_refused": {"write": _write_refused},
 }
 
 
@@ -52,7 +65,7 @@ def test_every_copy_path_writes_the_mapped_tensors(hf_dir, tmp_path, monkeypatch
     reference = convert_hf_to_mcore(hf_dir, tmp_path / "ref", tp=tp, pp=pp, progress=False)
     reference_back = convert_mcore_to_hf(reference, tmp_path / "ref_back", progress=False)
     for name, value in MODES[mode].items():
-        monkeypatch.setattr(os if name in ("copy_file_range", "sendfile") else assemble, name, value)
+        monkeypatch.setattr(os if name in ("open", "write") else assemble, name, value)
     mc = convert_hf_to_mcore(hf_dir, tmp_path / "mc", tp=tp, pp=pp, progress=False)
     back = convert_mcore_to_hf(mc, tmp_path / "back", progress=False)
     assert _files(mc) == _files(reference) and _files(back) == _files(reference_back)
