@@ -14,8 +14,9 @@ Run from the repository root (needs ~8 GB free under --work-dir per kept directo
    imports) and the subprocess's peak RSS (``VmHWM``) are reported; outputs are deleted after each
    step. Every step runs ``--repeat`` times, interleaved; the table gives the best wall time (load
    from other processes only slows a step down) and the largest peak RSS.
-The page cache is warm for every step (the input was just written or read): the copy and the
-converters read the same files under the same conditions.
+Every step starts with its input out of the page cache (``POSIX_FADV_DONTNEED`` on the input files
+before each step): what a previous step left cached, or this VM's background reclaim took away,
+then favours no step; the converters drop what they read, and write with O_DIRECT.
 """
 
 from __future__ import annotations
@@ -81,6 +82,16 @@ def _hwm_kib(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def drop_cache(dirs: list[Path]) -> None:
+    """Evicts the safetensors files under ``dirs`` from the page cache (clean pages: a hint any
+    user may give, no root needed)."""
+    for d in dirs:
+        for p in d.rglob("*.safetensors"):
+            fd = os.open(p, os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
 
 
 def run_measured(cmd: list[str]) -> tuple[float, float]:
@@ -150,6 +161,7 @@ def main() -> None:
         for label, cmd, out in steps:
             if out is not None:
                 shutil.rmtree(out, ignore_errors=True)
+            drop_cache([hf, first_mcore])
             wall, rss = run_measured(cmd)
             if label.startswith("hf_to_mcore") and not first_mcore.exists():
                 os.rename(work / "mcore", first_mcore)  # the first layout's output feeds mcore_to_hf

@@ -70,9 +70,9 @@ def convert_hf_to_mcore(hf_dir: str | Path, out_dir: str | Path, *, tp: int = 1,
     dtype = src.specs["model.embed_tokens.weight"].dtype
     total = sum(spec.nbytes for rank in entries.values() for spec, _ in rank)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp, _progress(total, "hf->mcore", progress) as bar:
-        for (t, p), rank_entries in entries.items():
-            path, rank_meta = rank_file(tmp, t, p)
-            write_assembled(path, rank_entries, files, metadata=rank_meta, on_bytes=bar.update)
+        for p in range(pp):  # a stage's TP ranks together: bytes they share are read once
+            write_assembled([(*rank_file(tmp, t, p), entries[(t, p)]) for t in range(tp)], files,
+                            on_bytes=bar.update)
         meta = build_metadata(src.config_dict, tp=tp, pp=pp, first_stage_layers=first_stage_layers, dtype=dtype,
                               tensors_per_rank={rank_dir(t, p): len(e) for (t, p), e in entries.items()})
         (tmp / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
@@ -139,7 +139,8 @@ def convert_mcore_to_hf(mcore_dir: str | Path, out_dir: str | Path, *, hf_config
     with atomic_dir(out_dir, overwrite=overwrite, marker=False) as tmp, \
             _progress(sum(s.nbytes for s in plan), "mcore->hf", progress) as bar:
         for fname, group in shards:
-            write_assembled(tmp / fname, [(spec, plan[spec]) for spec in group], files, on_bytes=bar.update)
+            write_assembled([(tmp / fname, None, [(spec, plan[spec]) for spec in group])], files,
+                            on_bytes=bar.update)
         write_hf_index(tmp, shards)
         if hf_config_dir is not None:
             copy_hf_side_files(Path(hf_config_dir), tmp)
