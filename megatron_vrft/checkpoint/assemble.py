@@ -22,7 +22,7 @@ then writes the header and moves the bytes without turning them into tensors:
 
 Why not ``copy_file_range`` / ``sendfile`` (kernel-side copies, what ``cp`` does): they copy into
 the page cache, and allocating, dirtying, writing back and reclaiming 7 GiB of page cache is
-where a buffered copy spends its time (on the benchmark VM 70-85% of ``cp``'s wall time for the
+where a buffered copy spends its time (on the benchmark VM 70-90% of ``cp``'s wall time for the
 3B checkpoint is kernel CPU, against ~0.3 s of kernel time to write the same 7 GiB with
 ``O_DIRECT``); a converter never reads its output back, so the cache buys nothing.
 
