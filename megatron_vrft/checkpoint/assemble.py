@@ -167,7 +167,7 @@ class _Output:
     is padded to the alignment ``O_DIRECT`` needs, and the file truncated to ``size``."""
 
     def __init__(self, path: Path, size: int):
-        self.path, self._size = path, size
+        self._size = size
         try:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_DIRECT, 0o666)
         except OSError as e:
