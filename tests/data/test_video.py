@@ -286,3 +286,15 @@ def test_decode_chunks_shrink_towards_the_end(n, starts):
     # Only the last chunk's resize/patchify cannot overlap decoding: it is kept at 2 frames.
     assert video_mod._chunk_starts(n, 8) == starts
 
+
+
+def test_decord_source_chunks_equal_one_get_batch(videos):
+    # The first chunk reuses the frame 0 decoded for the metadata; every frame must still be decord's.
+    import decord
+
+    indices = list(range(0, 50, 3))
+    source = video_backends.DecordSource(str(videos["A"]))
+    got = torch.cat([source.frames(indices[i : i + 8]) for i in range(0, len(indices), 8)])
+    source.close()
+    expected = decord.VideoReader(str(videos["A"]), num_threads=1).get_batch(indices).asnumpy()
+    assert torch.equal(got.permute(0, 2, 3, 1), torch.from_numpy(expected))
