@@ -183,6 +183,15 @@ def _backend_order(backend: str | None) -> tuple[str, ...]:
 # ---------------------------------------------------------------- public API
 
 
+def _open_sources(path: str, order: tuple[str, ...], failures: list[str]):
+    """Yield an open source per backend in `order`; backends that cannot open `path` add to `failures`."""
+    for name in order:
+        try:
+            yield SOURCES[name](path)
+        except BackendFailure as e:
+            failures.append(str(e))
+
+
 def probe_video(path: str | os.PathLike, *, backend: str | None = None) -> VideoMeta:
     """Frame count, fps, size and duration of a video, decoding at most one frame.
 
@@ -191,13 +200,8 @@ def probe_video(path: str | os.PathLike, *, backend: str | None = None) -> Video
     path = str(path)
     order = _backend_order(backend)
     _check_file(path)
-    failures = []
-    for name in order:
-        try:
-            source = SOURCES[name](path)
-        except BackendFailure as e:
-            failures.append(str(e))
-            continue
+    failures: list[str] = []
+    for source in _open_sources(path, order, failures):
         source.close()
         return source.meta
     raise MediaError(path, "corrupt", "; ".join(failures))
@@ -235,13 +239,8 @@ def read_video(
         raise ValueError(f"read_video({path}): pass either fps or nframes, not both")
     order = _backend_order(backend)
     _check_file(path)
-    failures = []
-    for name in order:
-        try:
-            source = SOURCES[name](path)
-        except BackendFailure as e:
-            failures.append(str(e))
-            continue
+    failures: list[str] = []
+    for source in _open_sources(path, order, failures):
         try:
             meta = source.meta
             start, end, in_range = frame_range(meta.total_frames, meta.fps, video_start, video_end, path=path)

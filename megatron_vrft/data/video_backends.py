@@ -56,9 +56,11 @@ class DecordSource:
     def __init__(self, path: str):
         import decord
 
-        self._path = path
         self._errors = (RuntimeError, AssertionError, decord.DECORDError)
-        self._vr = self._open()
+        try:
+            self._vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=DECODE_THREADS)
+        except self._errors as e:
+            raise BackendFailure(f"decord cannot open: {e}") from e
         first = self._decord_frames([0])
         # Kept for the first chunk, which usually starts at frame 0: asking decord for it again
         # would seek back and decode it twice (~4% of a 50-frame read).
@@ -67,14 +69,6 @@ class DecordSource:
             path, float(self._vr.get_avg_fps()), len(self._vr), int(first.shape[2]), int(first.shape[1]), "decord"
         )
         self.chunk_size = DECODE_CHUNK
-
-    def _open(self):
-        import decord
-
-        try:
-            return decord.VideoReader(self._path, ctx=decord.cpu(0), num_threads=DECODE_THREADS)
-        except self._errors as e:
-            raise BackendFailure(f"decord cannot open: {e}") from e
 
     def _decord_frames(self, indices: list[int]) -> np.ndarray:
         try:
