@@ -18,6 +18,7 @@ Per-row token count after the vision merger is grid_t * grid_h * grid_w / merge_
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 PATCH_SIZE = 14
@@ -43,21 +44,26 @@ def _patchify(
     if h % (patch * merge) or w % (patch * merge):
         raise ValueError(f"frame size {h}x{w} is not a multiple of patch*merge = {patch * merge}")
     gt, gh, gw = t // temporal, h // patch, w // patch
-    x = frames.reshape(gt, temporal, c, gh // merge, merge, patch, gw // merge, merge, patch)
+    # numpy, not torch, for the reorder: its strided copy has a far lower cost per run of `patch`
+    # contiguous bytes (~2x faster here); any strides work, including expanded images (stride 0).
+    x = frames.numpy().reshape(gt, temporal, c, gh // merge, merge, patch, gw // merge, merge, patch)
     # -> [gt, gh/m, gw/m, m(h), m(w), C, temporal, patch(h), patch(w)]
-    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
     if out is None:
         out = torch.empty((gt, gh * gw, c, temporal * patch * patch), dtype=torch.float32)
     else:
         out = out.view(gt, gh * gw, c, temporal * patch * patch)
     mean, std = _MEAN_255.view(1, c, 1), _STD_255.view(1, c, 1)
-    # Reorder as uint8 (4x less data than floats), then convert and normalise in place. The arithmetic
-    # is elementwise, so the order does not change a value; working a few temporal groups at a time
-    # keeps each block in cache between the passes.
+    # Reorder as uint8 (4x less data than floats), then convert and normalise the contiguous rows in
+    # place. The arithmetic is elementwise, so the order does not change a value; a few temporal
+    # groups at a time keep each block in cache between the passes.
+    staging = np.empty((min(gt, _GROUP_CHUNK),) + x.shape[1:], dtype=np.uint8)
     for start in range(0, gt, _GROUP_CHUNK):
-        block = out[start : start + _GROUP_CHUNK]
-        block.copy_(x[start : start + _GROUP_CHUNK].reshape(block.shape))
-        block.sub_(mean).div_(std)
+        src = x[start : start + _GROUP_CHUNK]
+        np.copyto(staging[: len(src)], src)
+        block = out[start : start + len(src)]
+        block.view(-1).copy_(torch.from_numpy(staging[: len(src)]).view(-1))
+        block.view(-1, c, temporal * patch * patch).sub_(mean).div_(std)
     return out.view(gt * gh * gw, c * temporal * patch * patch), [gt, gh, gw]
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,7 @@ FPS_MAX_FRAMES = 768
 VIDEO_MIN_PIXELS = 128 * IMAGE_FACTOR**2  # 100,352
 VIDEO_MAX_PIXELS = 768 * IMAGE_FACTOR**2  # 602,112
 DEFAULT_MODEL_SEQ_LEN = 128000
+DECODE_AHEAD = 2  # chunks decoding ahead of the one being resized
 BACKENDS = ("decord", "pyav")
 
 
@@ -295,13 +297,20 @@ def _decode_resized(source, info: VideoInfo, height: int, width: int, on_chunk) 
     if len(starts) == 2:
         finish(0, source.frames(indices))
         return out
+    chunks = [indices[a:b] for a, b in zip(starts[:-1], starts[1:])]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="video-decode") as pool:
-        pending = pool.submit(source.frames, indices[starts[0] : starts[1]])
-        for k in range(len(starts) - 1):
-            decoded = pending.result()
-            if k + 2 < len(starts):
-                pending = pool.submit(source.frames, indices[starts[k + 1] : starts[k + 2]])
-            finish(starts[k], decoded)
+        # Two chunks queued ahead: the decoder never waits for the resize of the previous chunk,
+        # and at most three chunks of decoded frames are held at once.
+        pending = deque(pool.submit(source.frames, chunk) for chunk in chunks[:DECODE_AHEAD])
+        try:
+            for k in range(len(chunks)):
+                decoded = pending.popleft().result()
+                if k + DECODE_AHEAD < len(chunks):
+                    pending.append(pool.submit(source.frames, chunks[k + DECODE_AHEAD]))
+                finish(starts[k], decoded)
+        finally:
+            for future in pending:  # after a failure: do not decode chunks nobody will read
+                future.cancel()
     return out
 
 
