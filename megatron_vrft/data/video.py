@@ -315,12 +315,19 @@ def _decode_resized(source, info: VideoInfo, height: int, width: int, on_chunk) 
 
 
 def _chunk_starts(n: int, step: int) -> list[int]:
-    """Chunk boundaries [0, ..., n] for n frames: chunks of `step`, then halving ones at the end.
+    """Chunk boundaries [0, ..., n] for n frames: doubling from 2 up to `step`, then `step`, then halving.
 
-    Only the work on the last chunk cannot overlap a decode, so the last 2*step frames go in chunks
-    that halve down to FRAME_FACTOR (e.g. 50 frames, step 8: 8 x 5, 6, 2, 2). Chunks stay even.
+    Nothing else runs while the first chunk decodes and only the last chunk's work cannot overlap a
+    decode, so both ends use small chunks: sizes double from FRAME_FACTOR up to `step`, and the last
+    up to 2*step frames go in chunks that halve down to FRAME_FACTOR (e.g. 50 frames, step 8:
+    2, 4, 8, 8, 8, 8, 6, 4, 2; 16 frames: 2, 4, 6, 2, 2). Chunks stay even.
     """
     sizes = []
+    size = FRAME_FACTOR
+    while size < step and n >= 3 * size:
+        sizes.append(size)
+        n -= size
+        size *= 2
     while n > 2 * step:
         sizes.append(step)
         n -= step

@@ -228,7 +228,7 @@ def test_decode_failure_in_a_later_chunk_falls_back(videos, monkeypatch):
         return original(self, indices)
 
     monkeypatch.setattr(video_backends.DecordSource, "frames", fail_after_first_chunk)
-    frames, info = read_video(videos["A"], nframes=20, min_pixels=SMALL)  # chunks of 8: fails on the 2nd
+    frames, info = read_video(videos["A"], nframes=20, min_pixels=SMALL)  # fails on the 2nd chunk
     assert info.video_backend == "pyav"
     assert frame_ids(frames) == list(info.frame_indices) and len(info.frame_indices) == 20
 
@@ -251,7 +251,7 @@ def test_on_chunk_streams_the_result_in_order(videos, backend):
     frames, info = read_video(videos["A"], nframes=20, min_pixels=SMALL, backend=backend, on_chunk=record)
     reference, _ = read_video(videos["A"], nframes=20, min_pixels=SMALL, backend=backend)
     starts = [s for s, _ in seen]
-    assert starts == [0, 8, 14, 18]
+    assert starts == [0, 2, 6, 14, 18]
     assert torch.equal(torch.cat([c for _, c in seen]), reference)
     assert bool((frames == 7).all())
 
@@ -280,10 +280,11 @@ def test_video_patch_stream_rejects_misaligned_or_missing_chunks(videos):
         stream.result()
 
 
-@pytest.mark.parametrize("n,starts", [(50, [0, 8, 16, 24, 32, 40, 46, 48, 50]), (16, [0, 8, 12, 14, 16]),
-                                      (8, [0, 4, 6, 8]), (2, [0, 2])])
-def test_decode_chunks_shrink_towards_the_end(n, starts):
-    # Only the last chunk's resize/patchify cannot overlap decoding: it is kept at 2 frames.
+@pytest.mark.parametrize("n,starts", [(50, [0, 2, 6, 14, 22, 30, 38, 44, 48, 50]), (16, [0, 2, 6, 12, 14, 16]),
+                                      (8, [0, 2, 6, 8]), (6, [0, 2, 4, 6]), (2, [0, 2])])
+def test_decode_chunks_are_small_at_both_ends(n, starts):
+    # Only decoding runs while the first chunk decodes, and only the last chunk's resize/patchify
+    # cannot overlap decoding: both are kept at 2 frames.
     assert video_mod._chunk_starts(n, 8) == starts
 
 
