@@ -2,10 +2,12 @@
 
 Run from the repository root:
 
-    python bench/bench_video.py [--files 3] [--seconds 25] [--repeats 3] [--workdir /tmp/vrft_bench_video]
+    python bench/bench_video.py [--size 640x360] [--files 3] [--seconds 25] [--repeats 3]
+                                [--workdir /tmp/vrft_bench_video]
 
-It writes its own test videos (640x360, 30 fps, H.264 with x264's default 250-frame GOP, moving
-textured content) under --workdir, then for each sampling config measures, per file and repeat:
+It writes its own test videos (--size, default 640x360, 30 fps, H.264 with x264's default 250-frame
+GOP, moving textured content) under --workdir, then for each sampling config measures, per file and
+repeat:
 
 - raw:  decord.VideoReader(path, num_threads=N) + get_batch(indices).asnumpy() for the indices
         read_video picks (the floor: the decode work any pipeline has to do), for N in 0 (decord's
@@ -113,6 +115,7 @@ def bench_config(paths: list[Path], kwargs: dict, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="640x360", help="WIDTHxHEIGHT of the generated videos")
     parser.add_argument("--files", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=25)
     parser.add_argument("--repeats", type=int, default=3)
@@ -121,21 +124,25 @@ def main() -> None:
         "--torch-threads", type=int, default=1, help="intra-op threads; DataLoader workers run with 1 (default)"
     )
     args = parser.parse_args()
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        parser.error(f"--size must be WIDTHxHEIGHT, got {args.size!r}")
     torch.set_num_threads(args.torch_threads)
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(args.files):
-        path = args.workdir / f"bench_{i}_{args.seconds}s.mp4"
+        path = args.workdir / f"bench_{i}_{args.seconds}s_{width}x{height}.mp4"
         if not path.exists():
-            write_video(path, args.seconds, seed=i)
+            write_video(path, args.seconds, width=width, height=height, seed=i)
         paths.append(path)
     # Warm-up: first decord/av calls load codecs and allocate thread pools.
     read_video(paths[0], nframes=4)
 
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}, decord {decord.__version__}, av {av.__version__}")
-    print(f"{args.files} files x {args.seconds}s 640x360@30fps, {args.repeats} repeats")
+    print(f"{args.files} files x {args.seconds}s {width}x{height}@30fps, {args.repeats} repeats")
     header = f"{'config':42s} {'frames':>6s} {'size':>9s} {'raw0 f/s':>8s} {'best raw':>11s} {'ours f/s':>8s}" \
              f" {'ratio':>6s} {'cpu ratio':>9s} {'decode ms':>9s} {'resize ms':>9s} {'patch ms':>8s}"
     print(header)
