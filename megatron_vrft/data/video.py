@@ -172,8 +172,6 @@ def _check_file(path: str) -> None:
         raise MediaError(path, "empty", "zero-byte file")
 
 
-
-
 def _backend_order(backend: str | None) -> tuple[str, ...]:
     if backend is None:
         return BACKENDS
