@@ -67,7 +67,7 @@ def main() -> None:
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from megatron_vrft.models.qwen2_5_vl.model import Qwen25VLModel
-    from megatron_vrft.models.qwen2_5_vl.weights import load_into_model
+    from megatron_vrft.models.qwen2_5_vl.live import load_into_model
     from megatron_vrft.runtime import destroy_distributed, init_distributed
     from megatron_vrft.testing.parity import mcore_position_ids
 

@@ -24,6 +24,7 @@ import torch
 
 from megatron_vrft.checkpoint.atomic import CheckpointError, atomic_dir, is_complete
 from megatron_vrft.checkpoint.stream import SafetensorsFile, SafetensorsWriter, TensorSpec
+from megatron_vrft.models.qwen2_5_vl import live
 from megatron_vrft.models.qwen2_5_vl import weights as W
 
 __all__ = [
@@ -132,7 +133,7 @@ def load_mcore_checkpoint(model: torch.nn.Module, path: str | Path, *, first_sta
     weight map (any saved layout -> the current one). Strict. Returns the checkpoint's HF config.
     """
     ckpt = McoreCheckpoint(path)
-    tp_rank, tp, pp_rank, pp = W.parallel_ranks()
+    tp_rank, tp, pp_rank, pp = live.parallel_ranks()
     cfg = ckpt.config
     if ckpt.same_layout(tp, pp, first_stage_layers):
         names = W.mcore_shapes(cfg, tp_rank=tp_rank, tp_size=tp, pp_rank=pp_rank, pp_size=pp,
@@ -141,7 +142,7 @@ def load_mcore_checkpoint(model: torch.nn.Module, path: str | Path, *, first_sta
     else:
         produced = W.hf_to_mcore(ckpt.hf_view(), cfg, tp_rank=tp_rank, tp_size=tp, pp_rank=pp_rank, pp_size=pp,
                                  first_stage_layers=first_stage_layers)
-    W.copy_strict(W.model_state(model), produced, where=f"(tp_rank={tp_rank}, pp_rank={pp_rank})")
+    live.copy_strict(live.model_state(model), produced, where=f"(tp_rank={tp_rank}, pp_rank={pp_rank})")
     ckpt.close()
     return cfg
 
@@ -155,10 +156,10 @@ def save_mcore_checkpoint(model: torch.nn.Module, path: str | Path, hf_config: A
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
-    tp_rank, tp, pp_rank, pp = W.parallel_ranks()
+    tp_rank, tp, pp_rank, pp = live.parallel_ranks()
     cfg = W.as_hf_config(hf_config)
     writer = ps.get_data_parallel_rank() == 0
-    state = W.model_state(model)
+    state = live.model_state(model)
     names = W.mcore_shapes(cfg, tp_rank=tp_rank, tp_size=tp, pp_rank=pp_rank, pp_size=pp,
                            first_stage_layers=first_stage_layers)
     missing = sorted(set(names) - set(state))

@@ -197,15 +197,15 @@ def decode_media(ref: MediaRef) -> Visual:
         pixel_values, grid = patchify_image(image)
         return Visual("image", pixel_values, grid, image)
     patches = VideoPatchStream()
-    on_chunk = patches
-    if ref.overlay:
+
+    def overlaid(chunk: torch.Tensor, start: int, info: VideoInfo) -> None:
         from megatron_vrft.data.overlay import overlay_frames
 
-        def on_chunk(chunk: torch.Tensor, start: int, info: VideoInfo) -> None:
-            stamps = info.timestamps[start : start + len(chunk)]
-            chunk.copy_(overlay_frames(chunk, stamps, ref.overlay, ref.subtitles))
-            patches(chunk, start, info)
+        stamps = info.timestamps[start : start + len(chunk)]
+        chunk.copy_(overlay_frames(chunk, stamps, ref.overlay, ref.subtitles))
+        patches(chunk, start, info)
 
+    on_chunk = overlaid if ref.overlay else patches
     # Patchify (and overlay) each chunk as it is resized, overlapping that work with decoding.
     frames, info = read_video(ref.path, on_chunk=on_chunk, **ref.options)
     pixel_values, grid, second_per_grid_t = patches.result()

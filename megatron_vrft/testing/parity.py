@@ -5,7 +5,7 @@ worker that checks ``Qwen25VLModel`` against them at several TP x PP splits in o
 ViT output, the loss of one backward step and every parameter's gradient. ``parity_worker`` (run by
 ``testing.spawn.run_distributed``) loops over ``(tp, pp, first_stage_layers)`` splits, re-creating
 mcore's parallel state between them, and for each split builds the model, loads the HF weights with
-``weights.load_into_model`` and runs forward (and forward + backward) through mcore's
+``live.load_into_model`` and runs forward (and forward + backward) through mcore's
 ``get_forward_backward_func`` with mcore DDP and ``finalize_model_grads`` (so tied embeddings under
 PP are reduced the way training reduces them). It returns max-abs differences; tests assert on them.
 """
@@ -216,8 +216,9 @@ def run_split(ref: HFReference, tp: int, pp: int, first_stage_layers: Optional[i
     from megatron.core import parallel_state as ps
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 
+    from megatron_vrft.models.qwen2_5_vl.live import load_into_model
     from megatron_vrft.models.qwen2_5_vl.model import Qwen25VLModel
-    from megatron_vrft.models.qwen2_5_vl.weights import hf_to_mcore, load_into_model
+    from megatron_vrft.models.qwen2_5_vl.weights import hf_to_mcore
 
     _set_parallel(tp, pp)
     cfg = tiny_hf_config(**TINY_SHAPES[ref.shape])

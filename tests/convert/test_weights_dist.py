@@ -42,6 +42,7 @@ def _load_and_export_layout(cfg_dict, sd, tp, pp, ckpt_dir):
 
     from megatron_vrft.checkpoint.mcore_io import load_mcore_checkpoint, save_mcore_checkpoint
 
+    from megatron_vrft.models.qwen2_5_vl import live
     from megatron_vrft.models.qwen2_5_vl import weights as W
     from megatron_vrft.runtime import init_distributed
 
@@ -51,11 +52,11 @@ def _load_and_export_layout(cfg_dict, sd, tp, pp, ckpt_dir):
         tp_rank, pp_rank = ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()
         shapes = W.mcore_shapes(cfg, tp_rank=tp_rank, tp_size=tp, pp_rank=pp_rank, pp_size=pp)
         model = _stand_in_model(shapes)
-        W.load_into_model(model, sd, cfg)
+        live.load_into_model(model, sd, cfg)
         canon = {W.read_hf_key(k): v for k, v in sd.items()}
         expected = dict(W.hf_to_mcore(canon.__getitem__, cfg, tp_rank=tp_rank, tp_size=tp, pp_rank=pp_rank, pp_size=pp))
         loaded_ok = all(torch.equal(p, expected[n]) for n, p in model.state_dict().items())
-        exported = dict(W.export_hf_state(model, cfg))
+        exported = dict(live.export_hf_state(model, cfg))
         want = set(W.hf_shapes(cfg))
         export_ok = set(exported) == want and all(torch.equal(exported[n], canon[n]) for n in want)
         from_disk = _stand_in_model(shapes)
@@ -68,7 +69,7 @@ def _load_and_export_layout(cfg_dict, sd, tp, pp, ckpt_dir):
             model.language_model.decoder.final_layernorm.register_parameter(
                 "bias", torch.nn.Parameter(torch.zeros(1)))
             try:
-                W.load_into_model(model, sd, cfg)
+                live.load_into_model(model, sd, cfg)
             except W.MissingWeightError as e:
                 strict_msg = str(e)
         return loaded_ok, export_ok, strict_msg, pp_rank == pp - 1

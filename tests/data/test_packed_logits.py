@@ -4,7 +4,7 @@ The whole data path, end to end: mp4 videos and PNG images written to ``tmp_path
 ``llava_conv`` dataset file -> ``load_samples`` -> ``Sample.with_visuals()`` (decode, resize,
 patchify) -> ``encode_sample`` (chat template, pad expansion, per-sample mRoPE) -> ``pack`` into one
 THD row, with and without a padding segment (``pad_to_multiple_of``) -> ``Qwen25VLModel`` (TP=1,
-PP=1, fp32, CPU; a tiny random HF model loaded through ``weights.load_into_model``).
+PP=1, fp32, CPU; a tiny random HF model loaded through ``live.load_into_model``).
 
 Four samples of different lengths: text + a 6-frame video (3 temporal patches, an odd count), text
 + an image, text only, and text + an image + a 4-frame video, so the packed row's single ViT call
@@ -105,7 +105,7 @@ def _forward_worker(rank: int, vocab_size: int, token_ids: VisionTokenIds, runs:
     it: ``{"logits": [1, S, V], "loss": [1, S]}`` for each (loss from the model's ``labels`` path), as
     numpy arrays: torch tensors would travel back as shared-memory handles that die with this process."""
     from megatron_vrft.models.qwen2_5_vl.model import Qwen25VLModel
-    from megatron_vrft.models.qwen2_5_vl.weights import load_into_model
+    from megatron_vrft.models.qwen2_5_vl.live import load_into_model
     from megatron_vrft.runtime import destroy_distributed, init_distributed
     from megatron_vrft.testing.tiny_qwen import tiny_hf_model
 

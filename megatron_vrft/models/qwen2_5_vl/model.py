@@ -52,7 +52,7 @@ class Qwen25VLModel(MegatronModule):
         sequence_parallel, variable_seq_lengths, perform_initialization, **language_overrides:
             see ``config.mcore_configs``.
 
-    Attributes: ``hf_config`` (what ``weights.load_into_model`` / ``export_hf_state`` take),
+    Attributes: ``hf_config`` (what ``live.load_into_model`` / ``live.export_hf_state`` take),
     ``mcore_config`` (the built ``Qwen25VLMcoreConfig``), ``vision_model`` (None off stage 0),
     ``language_model`` (the ``GPTModel``), ``pre_process`` / ``post_process`` (first / last stage).
     """

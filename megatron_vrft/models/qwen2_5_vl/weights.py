@@ -7,8 +7,8 @@ stage the parameter lives on. Every user derives from it:
 
 - ``hf_to_mcore`` / ``mcore_to_hf``: pure, streaming conversions of one (TP, PP) rank / of a whole
   sharded model, reading tensors lazily through callables (offline converters, resharding loader);
-- ``load_into_model`` / ``export_hf_state``: the same maps applied to a live model under the current
-  mcore parallel state (parity tests; the rollout weight sync and HF export).
+- ``live.load_into_model`` / ``live.export_hf_state``: the same maps applied to a live model under
+  the current mcore parallel state (parity tests; the rollout weight sync and HF export).
 
 Transforms (``Kind``), with mcore's TP layout:
 - ``COPY``: identity, then split along ``tp_axis`` (0 = column-parallel rows, 1 = row-parallel
@@ -31,9 +31,9 @@ import torch
 __all__ = [
     "Kind", "Scope", "Param", "PARAMS", "ModelDims", "WeightMapError", "UnsupportedConfigError",
     "ParallelSizeError", "WeightShapeError", "MissingWeightError", "read_hf_key", "model_dims",
-    "padded_vocab_size", "layer_split", "check_parallel_sizes", "hf_shapes", "shard_shape", "mcore_shapes",
+    "padded_vocab_size", "layer_split", "check_parallel_sizes", "hf_shape", "hf_shapes", "shard_shape",
+    "mcore_shapes",
     "Instance", "instances", "hf_to_mcore", "mcore_to_hf", "McoreAsHF", "split_param", "merge_param", "as_hf_config",
-    "model_state", "parallel_ranks", "copy_strict", "load_into_model", "export_hf_state",
 ]
 
 
@@ -378,21 +378,22 @@ def merge_param(p: Param, shards: list[torch.Tensor], d: ModelDims) -> tuple[tor
     return (full,)
 
 
-def _shape(p: Param, j: int, d: ModelDims) -> tuple[int, ...]:
+def hf_shape(p: Param, j: int, d: ModelDims) -> tuple[int, ...]:
+    """Shape of the j-th HF tensor of family ``p`` for these model dims."""
     return tuple(getattr(d, a) for a in p.shapes[j])
 
 
 def hf_shapes(hf_config: Any) -> dict[str, tuple[int, ...]]:
     """Canonical HF name -> shape of every tensor a released checkpoint of this config holds."""
     d = model_dims(hf_config)
-    return {n: _shape(i.param, j, d) for i in instances(d, 1, None) if i.export for j, n in enumerate(i.hf)}
+    return {n: hf_shape(i.param, j, d) for i in instances(d, 1, None) if i.export for j, n in enumerate(i.hf)}
 
 
 def shard_shape(p: Param, d: ModelDims, r: int, tp: int) -> tuple[int, ...]:
     """Shape of TP rank ``r``'s shard of family ``p`` (``split_param``'s output), computed on
     ``[rows, column blocks]`` int8 stand-ins: a split moves whole rows or one of ``tp`` column
     blocks, so that is all the shape depends on; meta tensors would import torch._dynamo (~1.5 s)."""
-    hf = [_shape(p, j, d) for j in range(len(p.hf))]
+    hf = [hf_shape(p, j, d) for j in range(len(p.hf))]
     blocks = tp if p.tp_axis == 1 else 1
     stand_ins = [torch.zeros(s[0], *([blocks] if len(s) > 1 else []), dtype=torch.int8) for s in hf]
     out = split_param(p, stand_ins, d, r, tp)
@@ -434,7 +435,7 @@ def hf_to_mcore(
         ts = []
         for j, name in enumerate(inst.hf):
             t = get_hf(name)
-            want = _shape(inst.param, j, d)
+            want = hf_shape(inst.param, j, d)
             if tuple(t.shape) != want:
                 raise WeightShapeError(f"HF tensor {name} has shape {list(t.shape)}, expected {list(want)}")
             ts.append(t)
@@ -517,100 +518,3 @@ class McoreAsHF:
         if self._cache[0] is not inst:
             self._cache = (inst, dict(zip(inst.hf, _gather_inst(inst, self._get, self._d, self._tp))))
         return self._cache[1][name]
-
-
-def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A model's parameters/buffers by local mcore name (TE ``_extra_state`` entries dropped)."""
-    return {k: v for k, v in model.state_dict(keep_vars=True).items() if not k.endswith("_extra_state")}
-
-
-def parallel_ranks() -> tuple[int, int, int, int]:
-    """``(tp_rank, tp_size, pp_rank, pp_size)`` from the current mcore parallel state."""
-    from megatron.core import parallel_state as ps
-
-    return (ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size(),
-            ps.get_pipeline_model_parallel_rank(), ps.get_pipeline_model_parallel_world_size())
-
-
-def load_into_model(
-    model: torch.nn.Module,
-    hf_state_or_getter: Mapping[str, torch.Tensor] | Callable[[str], torch.Tensor],
-    hf_config: Any,
-    *,
-    first_stage_layers: int | None = None,
-) -> None:
-    """Copies this rank's shard of HF weights into a built ``Qwen25VLModel`` (current mcore state).
-
-    Accepts an HF state dict in either key layout, or a getter of canonical names. Strict: keys the
-    model has but the map does not produce (and vice versa), or shape mismatches, raise.
-    """
-    if isinstance(hf_state_or_getter, Mapping):
-        state = {read_hf_key(k): v for k, v in hf_state_or_getter.items()}
-
-        def get(name: str) -> torch.Tensor:
-            if name not in state:
-                raise MissingWeightError(f"HF state has no tensor {name}")
-            return state[name]
-    else:
-        get = hf_state_or_getter
-    tp_rank, tp_size, pp_rank, pp_size = parallel_ranks()
-    target = model_state(model)
-    produced = hf_to_mcore(get, hf_config, tp_rank=tp_rank, tp_size=tp_size, pp_rank=pp_rank,
-                           pp_size=pp_size, first_stage_layers=first_stage_layers)
-    copy_strict(target, produced, where=f"(tp_rank={tp_rank}, pp_rank={pp_rank})")
-
-
-def copy_strict(target: dict[str, torch.Tensor], produced: Iterator[tuple[str, torch.Tensor]], where: str) -> None:
-    """Copies every ``(name, tensor)`` of ``produced`` into ``target`` (a ``model_state``); unknown
-    names, shape mismatches and target entries left without a value raise, naming them."""
-    seen = set()
-    with torch.no_grad():
-        for name, t in produced:
-            if name not in target:
-                raise MissingWeightError(f"model {where} has no parameter {name} (layer split or spec mismatch?)")
-            if tuple(target[name].shape) != tuple(t.shape):
-                raise WeightShapeError(
-                    f"model parameter {name} {where} has shape {list(target[name].shape)}, weights give {list(t.shape)}"
-                )
-            target[name].copy_(t)
-            seen.add(name)
-    missing = sorted(set(target) - seen)
-    if missing:
-        raise MissingWeightError(f"weights give no value for model parameters {where}: {missing[:8]}")
-
-
-def export_hf_state(
-    model: torch.nn.Module, hf_config: Any, *, first_stage_layers: int | None = None
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yields ``(canonical HF name, full tensor)`` on EVERY rank of a TP x PP model (collective).
-
-    Each family is all-gathered over TP on its owning stage, converted with the map, then
-    broadcast over the PP group; all ranks must iterate the generator to the end together.
-    """
-    import torch.distributed as dist
-    from megatron.core import parallel_state as ps
-
-    tp_rank, tp_size, pp_rank, pp_size = parallel_ranks()
-    d = model_dims(hf_config)
-    check_parallel_sizes(d, tp_size, pp_size, first_stage_layers)
-    local = model_state(model)
-    dtypes: list[Any] = [None] * pp_size  # stage -> {name: dtype}: receivers must allocate the right dtype
-    dist.all_gather_object(dtypes, {n: t.dtype for n, t in local.items()}, group=ps.get_pipeline_model_parallel_group())
-    tp_group, pp_group = ps.get_tensor_model_parallel_group(), ps.get_pipeline_model_parallel_group()
-    for inst in instances(d, pp_size, first_stage_layers):
-        if not inst.export:
-            continue
-        if inst.pp_rank == pp_rank:
-            mine = local[inst.mcore].detach().contiguous()
-            shards = [torch.empty_like(mine) for _ in range(tp_size)]
-            dist.all_gather(shards, mine, group=tp_group)
-            full = [t.contiguous() for t in merge_param(inst.param, shards, d)]
-        else:
-            dtype = dtypes[inst.pp_rank][inst.mcore]
-            full = [torch.empty(_shape(inst.param, j, d), dtype=dtype, device=next(iter(local.values())).device)
-                    for j in range(len(inst.hf))]
-        if pp_size > 1:
-            src = dist.get_global_rank(pp_group, inst.pp_rank)
-            for t in full:
-                dist.broadcast(t, src=src, group=pp_group)
-        yield from zip(inst.hf, full)
