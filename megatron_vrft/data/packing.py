@@ -144,6 +144,13 @@ class PackedBatch:
         cu = self.cu_seqlens.tolist()
         return [slice(cu[i], cu[i + 1]) for i in range(len(self.sample_ids))]
 
+    def packed_seq_params(self):
+        """mcore THD ``PackedSeqParams`` for this row: attention stays within each sample (and padding)."""
+        from megatron.core.packed_seq_params import PackedSeqParams
+
+        return PackedSeqParams(qkv_format="thd", cu_seqlens_q=self.cu_seqlens, cu_seqlens_kv=self.cu_seqlens,
+                               max_seqlen_q=self.max_seqlen, max_seqlen_kv=self.max_seqlen)
+
 
 def _cat_optional(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
     present = [t for t in tensors if t is not None]

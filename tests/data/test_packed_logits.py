@@ -84,8 +84,6 @@ def items(tmp_path_factory) -> tuple[list[SequenceItem], VisionTokenIds, int]:
 
 def _forward_inputs(x: SequenceItem | PackedBatch) -> dict:
     """Model kwargs: a `PackedBatch` as a THD row with `PackedSeqParams`, an item as a ``[1, S]`` batch."""
-    from megatron.core.packed_seq_params import PackedSeqParams
-
     media = dict(
         pixel_values=x.pixel_values,
         image_grid_thw=x.image_grid_thw if x.pixel_values is not None else None,
@@ -94,10 +92,7 @@ def _forward_inputs(x: SequenceItem | PackedBatch) -> dict:
     )
     if isinstance(x, SequenceItem):
         return dict(media, input_ids=x.input_ids.unsqueeze(0), position_ids=x.position_ids.unsqueeze(1))
-    cu = x.cu_seqlens
-    params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
-                             max_seqlen_q=x.max_seqlen, max_seqlen_kv=x.max_seqlen)
-    return dict(media, input_ids=x.input_ids, position_ids=x.position_ids, packed_seq_params=params)
+    return dict(media, input_ids=x.input_ids, position_ids=x.position_ids, packed_seq_params=x.packed_seq_params())
 
 
 def _forward_worker(rank: int, vocab_size: int, token_ids: VisionTokenIds, runs: list) -> list[dict]:
