@@ -3,8 +3,9 @@
 `F.interpolate(x, mode="bicubic", antialias=True)` on a float32 CPU tensor resamples along W, then
 along H (aten `separable_upsample_generic_Nd_kernel_impl`). Each output of a pass is a chain over
 its taps k0..k1 of the input line: out = x[k0]*w[k0]; out += x[k]*w[k]. torch's build evaluates that
-chain with fused multiply-adds when an output has at most 4 taps (upscaling, the usual case for
-qwen-vl-utils sizes) and without them for the longer chains of a downscale.
+chain with fused multiply-adds when an output has at most 4 taps (upscales, e.g. the 360x640 ->
+364x644 that smart_resize's rounding to multiples of 28 makes of a 640x360 video) and without them
+for the longer chains of a downscale (e.g. 720p -> 560x1008), which therefore stay with torch.
 
 A GEMM microkernel computes each output of a matrix product the same way: one accumulator, k in
 ascending order, an FMA per step. So a pass can run as a few matrix products over bands of the
@@ -25,6 +26,9 @@ import torch
 import torch.nn.functional as F
 
 BAND_OUTPUTS = 32  # outputs per band; 16-64 are within 10% of each other on one core
+# torch fuses the chain only up to this many taps (see above): longer ones are not even probed, which
+# spares downscales (the usual case for >= 720p input) a probe that cannot pass.
+MAX_FUSED_TAPS = 4
 
 
 def _torch_pass(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -50,6 +54,7 @@ class _Bands:
     weights: torch.Tensor
     width: int
     outputs: int
+    max_taps: int  # most non-zero weights of any output
 
 
 @lru_cache(maxsize=64)
@@ -66,7 +71,8 @@ def _bands(n_in: int, n_out: int) -> _Bands:
     width = max(hi - lo for lo, hi in spans)
     i0 = [min(lo, n_in - width) for lo, _ in spans]
     weights = torch.stack([w[i : i + width, o : o + outputs] for i, o in zip(i0, starts)])
-    return _Bands(tuple(starts), tuple(i0), weights, width, outputs)
+    max_taps = int(used.sum(dim=0).max())
+    return _Bands(tuple(starts), tuple(i0), weights, width, outputs, max_taps)
 
 
 def _banded_w(x: torch.Tensor, n_out: int) -> torch.Tensor:
@@ -96,6 +102,9 @@ def _banded_h(x: torch.Tensor, n_out: int) -> torch.Tensor:
 @lru_cache(maxsize=256)
 def _banded_is_exact(axis: str, batch: int, h: int, w: int, n_out: int, threads: int) -> bool:
     """Does the banded pass equal torch's on this build/CPU for input [batch, h, w] (`threads` keys the cache)?"""
+    n_in = w if axis == "w" else h
+    if _bands(n_in, n_out).max_taps > MAX_FUSED_TAPS:
+        return False
     g = torch.Generator().manual_seed(0)
     probe = torch.randint(0, 256, (batch, 1, h, w), generator=g).to(torch.float32)
     if axis == "w":

@@ -51,6 +51,18 @@ def test_a_pass_that_disagrees_with_torch_is_not_used(monkeypatch):
     assert torch.equal(resample.bicubic_aa(x, 112, 168), _torch(x, (112, 168)))
 
 
+def test_long_chains_are_not_probed(monkeypatch):
+    # A downscale has more taps per output than torch fuses: it goes to torch without a probe.
+    def fail(*args):
+        raise AssertionError("probed a downscale")
+
+    monkeypatch.setattr(resample, "_banded_w", fail)
+    monkeypatch.setattr(resample, "_banded_h", fail)
+    assert resample._bands(640, 504).max_taps > resample.MAX_FUSED_TAPS
+    x = torch.randint(0, 256, (1, 3, 360, 640)).to(torch.float32)
+    assert torch.equal(resample.bicubic_aa(x, 280, 504), _torch(x, (280, 504)))
+
+
 def test_the_probe_is_random_not_the_caller_data(monkeypatch):
     # A flat (e.g. black) first chunk agrees with torch whatever the arithmetic: the verdict must
     # come from the random probe, so a pass that is wrong on real content is still rejected.
