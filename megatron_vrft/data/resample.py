@@ -35,11 +35,11 @@ def _torch_pass(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
 
 
-@lru_cache(maxsize=64)
 def _weights(n_in: int, n_out: int) -> torch.Tensor:
     """float32 [n_in, n_out]: torch's own filter weights, read off by resampling the identity.
 
     Row k of the identity resamples to w[k, :] exactly (1*w is exact, and the other taps add zeros).
+    Not cached: only the bands cut from it are (a dense 4K matrix would be ~30 MB per geometry).
     """
     eye = torch.eye(n_in, dtype=torch.float32).reshape(1, n_in, 1, n_in)
     return _torch_pass(eye, (1, n_out))[0, :, 0, :].contiguous()
@@ -106,12 +106,11 @@ def _banded_is_exact(axis: str, batch: int, h: int, w: int, n_out: int, threads:
     if _bands(n_in, n_out).max_taps > MAX_FUSED_TAPS:
         return False
     g = torch.Generator().manual_seed(0)
+    # Fractional values: the H pass sees the float output of the W pass (integers are a special case).
     probe = torch.randint(0, 256, (batch, 1, h, w), generator=g).to(torch.float32)
-    if axis == "w":
-        # torch's second pass sees the float output of the first: probe with fractional values too.
-        probe.add_(torch.rand(probe.shape, generator=g))
-        return torch.equal(_banded_w(probe[:, 0], n_out), _torch_pass(probe, (h, n_out))[:, 0])
     probe.add_(torch.rand(probe.shape, generator=g))
+    if axis == "w":
+        return torch.equal(_banded_w(probe[:, 0], n_out), _torch_pass(probe, (h, n_out))[:, 0])
     return torch.equal(_banded_h(probe[:, 0], n_out), _torch_pass(probe, (n_out, w))[:, 0])
 
 
