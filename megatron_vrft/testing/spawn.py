@@ -2,14 +2,15 @@
 
 Tests use it for the TP/PP/DP invariance checks: ``run_distributed(fn, world_size=2, args=...)``
 starts the processes with torchrun-style env vars, each calls ``fn(rank, *args)``; results come back
-through a queue as Python objects. A process that fails re-raises its traceback text in the parent;
-a run that exceeds ``timeout`` kills every process and raises ``TimeoutError``.
+through a queue as Python objects, tensors included. A process that fails re-raises its traceback
+text in the parent; a run that exceeds ``timeout`` kills every process and raises ``TimeoutError``.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 import queue as queue_mod
 import time
 import traceback
@@ -31,8 +32,9 @@ def _worker(fn, rank, world_size, port, args, out_queue, env):
         MASTER_PORT=str(port),
     )
     try:
-        result = fn(rank, *args)
-        out_queue.put((rank, True, result))
+        # Pickled to bytes here: the queue's own pickler hands tensors over as shared-memory handles,
+        # which die with this process before the parent reads them; plain pickle copies the data.
+        out_queue.put((rank, True, pickle.dumps(fn(rank, *args))))
     except BaseException:  # noqa: BLE001 - the parent re-raises it with the traceback
         out_queue.put((rank, False, traceback.format_exc()))
 
@@ -76,7 +78,7 @@ def run_distributed(
                 ) from None
             if not ok:
                 raise RuntimeError(f"rank {rank} of {fn.__name__} failed:\n{payload}")
-            results[rank] = payload
+            results[rank] = pickle.loads(payload)
     finally:
         for p in procs:
             p.join(timeout=10)

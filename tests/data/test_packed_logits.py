@@ -97,10 +97,9 @@ def _forward_inputs(x: SequenceItem | PackedBatch) -> dict:
 
 def _forward_worker(rank: int, vocab_size: int, token_ids: VisionTokenIds, runs: list) -> list[dict]:
     """Builds the tiny model once and runs every input of ``runs`` (items or packed batches) through
-    it: ``{"logits": [1, S, V], "loss": [1, S]}`` for each (loss from the model's ``labels`` path), as
-    numpy arrays: torch tensors would travel back as shared-memory handles that die with this process."""
-    from megatron_vrft.models.qwen2_5_vl.model import Qwen25VLModel
+    it: ``{"logits": [1, S, V], "loss": [1, S]}`` for each (loss from the model's ``labels`` path)."""
     from megatron_vrft.models.qwen2_5_vl.live import load_into_model
+    from megatron_vrft.models.qwen2_5_vl.model import Qwen25VLModel
     from megatron_vrft.runtime import destroy_distributed, init_distributed
     from megatron_vrft.testing.tiny_qwen import tiny_hf_model
 
@@ -118,8 +117,8 @@ def _forward_worker(rank: int, vocab_size: int, token_ids: VisionTokenIds, runs:
             for x, labels in runs:
                 inputs = _forward_inputs(x)
                 out.append({
-                    "logits": model(**inputs, runtime_gather_output=True).numpy(),
-                    "loss": model(**inputs, labels=labels).numpy(),
+                    "logits": model(**inputs, runtime_gather_output=True),
+                    "loss": model(**inputs, labels=labels),
                 })
         return out
     finally:
@@ -152,7 +151,6 @@ def results(items, batches):
     runs = [(s, _alone_labels(s, ids.pad)[0].unsqueeze(0)) for s in seqs]
     runs += [(b, b.labels) for b in batches.values()]
     (outs,) = run_distributed(_forward_worker, 1, (vocab, ids, runs), timeout=300)
-    outs = [{k: torch.from_numpy(v) for k, v in o.items()} for o in outs]
     return outs[: len(seqs)], dict(zip(batches, outs[len(seqs):]))
 
 
