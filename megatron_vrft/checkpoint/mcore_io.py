@@ -26,6 +26,7 @@ from megatron_vrft.checkpoint.atomic import CheckpointError, atomic_dir, is_comp
 from megatron_vrft.checkpoint.stream import SafetensorsFile, SafetensorsWriter, TensorSpec
 from megatron_vrft.models.qwen2_5_vl import live
 from megatron_vrft.models.qwen2_5_vl import weights as W
+from megatron_vrft.runtime.collective import agree
 
 __all__ = [
     "FORMAT",
@@ -151,7 +152,10 @@ def save_mcore_checkpoint(model: torch.nn.Module, path: str | Path, hf_config: A
                           first_stage_layers: int | None = None, overwrite: bool = False) -> None:
     """Collective: every (TP, PP) rank of data-parallel rank 0 writes its rank file; atomic.
 
-    Needs a filesystem shared by all ranks. Rank 0 owns the temp dir, metadata and marker.
+    Needs a filesystem shared by all ranks. Rank 0 owns the temp dir, metadata and marker. Each
+    rank-local step runs under ``collective.agree``: an error on any rank (a missing parameter, a
+    full disk, an existing output) raises ``CollectiveError`` on every rank at once, and nothing
+    appears at ``path``.
     """
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
@@ -159,38 +163,42 @@ def save_mcore_checkpoint(model: torch.nn.Module, path: str | Path, hf_config: A
     tp_rank, tp, pp_rank, pp = live.parallel_ranks()
     cfg = W.as_hf_config(hf_config)
     writer = ps.get_data_parallel_rank() == 0
-    state = live.model_state(model)
-    names = W.mcore_shapes(cfg, tp_rank=tp_rank, tp_size=tp, pp_rank=pp_rank, pp_size=pp,
-                           first_stage_layers=first_stage_layers)
-    missing = sorted(set(names) - set(state))
-    if missing:
-        raise W.MissingWeightError(f"model (tp_rank={tp_rank}, pp_rank={pp_rank}) lacks parameters {missing[:8]}")
-    plan = [TensorSpec(n, state[n].dtype, tuple(state[n].shape)) for n in names]
-    counts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(counts, (rank_dir(tp_rank, pp_rank), len(plan), str(plan[0].dtype)) if writer else None)
-    if dist.get_rank() == 0:
-        ctx = atomic_dir(path, overwrite=overwrite)
-        tmp = [str(ctx.__enter__())]
-    else:
-        tmp = [None]
-    dist.broadcast_object_list(tmp, src=0)
+    rank0 = dist.get_rank() == 0
+    ctx = None
     try:
-        if writer:
-            path, rank_meta = rank_file(Path(tmp[0]), tp_rank, pp_rank)
-            out = SafetensorsWriter(path, plan, metadata=rank_meta)
-            for n in names:
-                out.add(n, state[n].detach().cpu())
-            out.close()
-        dist.barrier()
-        if dist.get_rank() == 0:
-            per_rank = {r: n for r, n, _ in filter(None, counts)}
-            dtype = getattr(torch, [c for c in counts if c][0][2].removeprefix("torch."))
-            meta = build_metadata(cfg.to_dict(), tp=tp, pp=pp, first_stage_layers=first_stage_layers,
-                                  dtype=dtype, tensors_per_rank=dict(sorted(per_rank.items())))
-            (Path(tmp[0]) / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
-            ctx.__exit__(None, None, None)
+        with agree("save_mcore_checkpoint: planning"):
+            state = live.model_state(model)
+            names = W.mcore_shapes(cfg, tp_rank=tp_rank, tp_size=tp, pp_rank=pp_rank, pp_size=pp,
+                                   first_stage_layers=first_stage_layers)
+            missing = sorted(set(names) - set(state))
+            if missing:
+                raise W.MissingWeightError(f"model (tp_rank={tp_rank}, pp_rank={pp_rank}) lacks parameters {missing[:8]}")
+            plan = [TensorSpec(n, state[n].dtype, tuple(state[n].shape)) for n in names]
+            if rank0:
+                ctx = atomic_dir(path, overwrite=overwrite)
+                tmp = [str(ctx.__enter__())]
+        counts: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(counts, (rank_dir(tp_rank, pp_rank), len(plan), str(plan[0].dtype)) if writer else None)
+        if not rank0:
+            tmp = [None]
+        dist.broadcast_object_list(tmp, src=0)
+        with agree("save_mcore_checkpoint: writing rank files"):
+            if writer:
+                file, rank_meta = rank_file(Path(tmp[0]), tp_rank, pp_rank)
+                out = SafetensorsWriter(file, plan, metadata=rank_meta)
+                for n in names:
+                    out.add(n, state[n].detach().cpu())
+                out.close()
+        with agree("save_mcore_checkpoint: metadata and rename"):
+            if rank0:
+                per_rank = {r: n for r, n, _ in filter(None, counts)}
+                dtype = getattr(torch, [c for c in counts if c][0][2].removeprefix("torch."))
+                meta = build_metadata(cfg.to_dict(), tp=tp, pp=pp, first_stage_layers=first_stage_layers,
+                                      dtype=dtype, tensors_per_rank=dict(sorted(per_rank.items())))
+                (Path(tmp[0]) / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
+                done, ctx = ctx, None
+                done.__exit__(None, None, None)
     except BaseException as e:
-        if dist.get_rank() == 0:
+        if ctx is not None:
             ctx.__exit__(type(e), e, e.__traceback__)
         raise
-    dist.barrier()

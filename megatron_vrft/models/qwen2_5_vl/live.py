@@ -93,10 +93,15 @@ def export_hf_state(
     """Yields ``(canonical HF name, full tensor)`` on EVERY rank of a TP x PP model (collective).
 
     Each family is all-gathered over TP on its owning stage, converted with the map, then
-    broadcast over the PP group; all ranks must iterate the generator to the end together.
+    broadcast over the PP group; all ranks must iterate the generator to the end together. The
+    rank-local steps of a family run under ``collective.agree`` over the model-parallel group: an
+    error on one rank raises ``CollectiveError`` on all of them instead of leaving them in the
+    family's collectives.
     """
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
+
+    from megatron_vrft.runtime.collective import agree
 
     tp_rank, tp_size, pp_rank, pp_size = parallel_ranks()
     d = model_dims(hf_config)
@@ -105,18 +110,26 @@ def export_hf_state(
     dtypes: list[Any] = [None] * pp_size  # stage -> {name: dtype}: receivers must allocate the right dtype
     dist.all_gather_object(dtypes, {n: t.dtype for n, t in local.items()}, group=ps.get_pipeline_model_parallel_group())
     tp_group, pp_group = ps.get_tensor_model_parallel_group(), ps.get_pipeline_model_parallel_group()
+    mp_group = ps.get_model_parallel_group()
     for inst in instances(d, pp_size, first_stage_layers):
         if not inst.export:
             continue
-        if inst.pp_rank == pp_rank:
-            mine = local[inst.mcore].detach().contiguous()
-            shards = [torch.empty_like(mine) for _ in range(tp_size)]
+        owner = inst.pp_rank == pp_rank
+        with agree(f"export_hf_state: {inst.mcore} (tp_rank={tp_rank}, pp_rank={pp_rank})", group=mp_group):
+            if owner:
+                if inst.mcore not in local:
+                    raise MissingWeightError(f"model (tp_rank={tp_rank}, pp_rank={pp_rank}) has no parameter {inst.mcore}")
+                mine = local[inst.mcore].detach().contiguous()
+                shards = [torch.empty_like(mine) for _ in range(tp_size)]
+            else:
+                dtype = dtypes[inst.pp_rank][inst.mcore]
+                full = [torch.empty(hf_shape(inst.param, j, d), dtype=dtype, device=next(iter(local.values())).device)
+                        for j in range(len(inst.hf))]
+        if owner:
             dist.all_gather(shards, mine, group=tp_group)
-            full = [t.contiguous() for t in merge_param(inst.param, shards, d)]
-        else:
-            dtype = dtypes[inst.pp_rank][inst.mcore]
-            full = [torch.empty(hf_shape(inst.param, j, d), dtype=dtype, device=next(iter(local.values())).device)
-                    for j in range(len(inst.hf))]
+        with agree(f"export_hf_state: {inst.mcore} -> HF (tp_rank={tp_rank}, pp_rank={pp_rank})", group=mp_group):
+            if owner:
+                full = [t.contiguous() for t in merge_param(inst.param, shards, d)]
         if pp_size > 1:
             src = dist.get_global_rank(pp_group, inst.pp_rank)
             for t in full:
