@@ -3,7 +3,8 @@ copy of the same safetensors files measured in the same run.
 
 Run from the repository root (needs ~8 GB free under --work-dir per kept directory; ~2-5 min):
 
-    PYTHONPATH=. python bench/bench_convert.py [--work-dir /tmp/bench_convert] [--layouts 1x1,2x1,2x2] [--repeat 2]
+    PYTHONPATH=. python bench/bench_convert.py [--work-dir /tmp/bench_convert] [--layouts 1x1,2x1,2x2] [--repeat 2] \
+        [--writers odirect,buffered]
 
 1. Writes a random bf16 checkpoint with the released 3B shapes (36 layers, hidden 2048, 16/2 heads,
    vocab 151936, tied embeddings, 32-block ViT), split like the release into two shards of < 4 GiB,
@@ -14,6 +15,9 @@ Run from the repository root (needs ~8 GB free under --work-dir per kept directo
    imports) and the subprocess's peak RSS (``VmHWM``) are reported; outputs are deleted after each
    step. Every step runs ``--repeat`` times, interleaved; the table gives the best wall time (load
    from other processes only slows a step down) and the largest peak RSS.
+   ``--writers odirect,buffered`` runs every converter step with both output writers of
+   ``checkpoint/assemble.py``: the O_DIRECT writer thread (``_Output``, what the converters use) and
+   a plain synchronous page-cache writer (``PlainOutput`` below, swapped in for the step's process).
 Every step starts with its input out of the page cache (``POSIX_FADV_DONTNEED`` on the input files
 before each step): what a previous step left cached, or this VM's background reclaim took away,
 then favours no step; the converters drop what they read, and write with O_DIRECT.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import platform
 import shutil
@@ -36,7 +41,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from megatron_vrft.checkpoint.atomic import atomic_dir  # noqa: E402
+from megatron_vrft.checkpoint.atomic import CheckpointError, atomic_dir  # noqa: E402
 from megatron_vrft.checkpoint.hf_io import write_hf_checkpoint  # noqa: E402
 from megatron_vrft.checkpoint.stream import TensorSpec  # noqa: E402
 from megatron_vrft.models.qwen2_5_vl import weights as W  # noqa: E402
@@ -114,6 +119,67 @@ def run_measured(cmd: list[str]) -> tuple[float, float]:
     return wall, peak * 1024 / GIB
 
 
+CHUNK = 64 * 1024**2  # assemble._CHUNK
+
+
+class PlainOutput:
+    """The plain alternative to ``assemble._Output`` (same interface): the same chunk buffer,
+    written synchronously with ordinary page-cache writes, no thread, no O_DIRECT."""
+
+    def __init__(self, path: Path, size: int):
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        self._buf, self._pos = mmap.mmap(-1, CHUNK), 0
+
+    def _flush(self) -> None:
+        view = memoryview(self._buf)[: self._pos]
+        while view.nbytes:
+            view = view[os.write(self._fd, view):]
+        self._pos = 0
+
+    def put(self, data) -> None:
+        view = memoryview(data).cast("B")
+        while view.nbytes:
+            k = min(view.nbytes, CHUNK - self._pos)
+            self._buf[self._pos : self._pos + k] = view[:k]
+            self._pos += k
+            view = view[k:]
+            if self._pos == CHUNK:
+                self._flush()
+
+    def copy(self, fd: int, offset: int, n: int, src: Path) -> None:
+        while n:
+            k = min(n, CHUNK - self._pos)
+            got = os.preadv(fd, [memoryview(self._buf)[self._pos : self._pos + k]], offset)
+            if got == 0:
+                raise CheckpointError(f"{src} ended at byte {offset} while it was being read (truncated?)")
+            self._pos += got
+            offset += got
+            n -= got
+            if self._pos == CHUNK:
+                self._flush()
+
+    def close(self) -> None:
+        try:
+            self._flush()
+        finally:
+            os.close(self._fd)
+
+    def abort(self) -> None:
+        os.close(self._fd)
+
+
+# Runs a converter script with PlainOutput in place of assemble's O_DIRECT writer.
+PLAIN_WRITER = f"""
+import gc, runpy, sys
+gc.disable()
+sys.path.insert(0, {str(REPO / "bench")!r})
+import megatron_vrft.checkpoint.assemble as A
+from bench_convert import PlainOutput
+A._Output = PlainOutput
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
 COPY = """
 import os, shutil, sys
 src, dst = sys.argv[1], sys.argv[2]
@@ -133,7 +199,17 @@ def main() -> None:
     ap.add_argument("--regenerate", action="store_true", help="rewrite the random 3B checkpoint")
     ap.add_argument("--repeat", type=int, default=2,
                     help="rounds of every step; the best wall time is reported (other load on the machine only adds)")
+    ap.add_argument("--writers", default="odirect",
+                    help="comma-separated output writers to run the converters with: odirect, buffered")
     a = ap.parse_args()
+    writers = a.writers.split(",")
+    if not set(writers) <= {"odirect", "buffered"}:
+        raise SystemExit(f"--writers: unknown writer in {a.writers!r} (odirect, buffered)")
+
+    def converter(script: str) -> dict[str, list[str]]:
+        """The command prefix of ``script`` per writer."""
+        path = str(REPO / "checkpoint_convert" / script)
+        return {"odirect": [sys.executable, path], "buffered": [sys.executable, "-c", PLAIN_WRITER, path]}
     work = Path(a.work_dir)
     hf = work / "hf_3b"
     if a.regenerate or not (hf / "config.json").is_file():
@@ -147,15 +223,17 @@ def main() -> None:
     steps = [("copy (baseline)", [sys.executable, "-c", COPY, str(hf), str(work / "copy")], work / "copy")]
     for layout in a.layouts.split(","):
         tp, pp = (int(x) for x in layout.split("x"))
-        label = f"hf_to_mcore tp={tp} pp={pp}"
-        budget[label] = 1.5 * (largest + total / tp)
-        steps.append((label, [sys.executable, str(REPO / "checkpoint_convert/hf_to_mcore.py"), "--hf-dir", str(hf),
-                              "--out-dir", str(work / "mcore"), "--tp", str(tp), "--pp", str(pp), "--no-progress",
-                              "--overwrite"], None))
+        for w in writers:
+            label = f"hf_to_mcore tp={tp} pp={pp}" + (f" [{w}]" if len(writers) > 1 else "")
+            budget[label] = 1.5 * (largest + total / tp)
+            steps.append((label, converter("hf_to_mcore.py")[w] + [
+                "--hf-dir", str(hf), "--out-dir", str(work / "mcore"), "--tp", str(tp), "--pp", str(pp),
+                "--no-progress", "--overwrite"], None))
     first_mcore = work / "mcore_first"
-    steps.append(("mcore_to_hf (first layout)", [sys.executable, str(REPO / "checkpoint_convert/mcore_to_hf.py"),
-                                                 "--mcore-dir", str(first_mcore), "--out-dir", str(work / "hf_back"),
-                                                 "--no-progress"], work / "hf_back"))
+    for w in writers:
+        steps.append(("mcore_to_hf (first layout)" + (f" [{w}]" if len(writers) > 1 else ""),
+                      converter("mcore_to_hf.py")[w] + ["--mcore-dir", str(first_mcore), "--out-dir",
+                                                        str(work / "hf_back"), "--no-progress"], work / "hf_back"))
     results: dict[str, list[tuple[float, float]]] = {}
     for rnd in range(a.repeat):
         for label, cmd, out in steps:
@@ -167,7 +245,7 @@ def main() -> None:
                 os.rename(work / "mcore", first_mcore)  # the first layout's output feeds mcore_to_hf
             shutil.rmtree(out or work / "mcore", ignore_errors=True)
             results.setdefault(label, []).append((wall, rss))
-            print(f"round {rnd + 1}: {label:<28} {wall:7.1f} s   peak RSS {rss:5.2f} GiB", flush=True)
+            print(f"round {rnd + 1}: {label:<40} {wall:7.1f} s   peak RSS {rss:5.2f} GiB", flush=True)
     shutil.rmtree(first_mcore, ignore_errors=True)
 
     copy_s = min(w for w, _ in results["copy (baseline)"])
@@ -175,12 +253,14 @@ def main() -> None:
           f"python {platform.python_version()}, torch {torch.__version__}")
     print(f"checkpoint: {len(shards)} shards, {total:.2f} GiB total, largest {largest:.2f} GiB (bf16); "
           f"best of {a.repeat} rounds")
-    print("| step | wall s | x copy | peak RSS GiB | RSS target GiB |")
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print("| step | wall s (min / median / max) | x copy (min) | peak RSS GiB | RSS target GiB |")
     print("|---|---|---|---|---|")
     for label, runs in results.items():
-        wall, rss = min(w for w, _ in runs), max(r for _, r in runs)
+        walls, rss = sorted(w for w, _ in runs), max(r for _, r in runs)
         b = f"{budget[label]:.1f}" if label in budget else "-"
-        print(f"| {label} | {wall:.1f} | {wall / copy_s:.2f} | {rss:.2f} | {b} |")
+        print(f"| {label} | {walls[0]:.1f} / {walls[len(walls) // 2]:.1f} / {walls[-1]:.1f} | "
+              f"{walls[0] / copy_s:.2f} | {rss:.2f} | {b} |")
 
 
 if __name__ == "__main__":

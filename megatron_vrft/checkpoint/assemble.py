@@ -236,11 +236,13 @@ class _Output:
     def close(self) -> None:
         """Writes the padded last chunk, waits for the writer, truncates to ``size``, closes."""
         try:
-            end = -(-self._pos // _ALIGN) * _ALIGN
-            self._buf[self._pos : end] = bytes(end - self._pos)
-            self._full.put((self._buf, end))
-            self._full.put(None)
-            self._thread.join()
+            try:
+                end = -(-self._pos // _ALIGN) * _ALIGN
+                self._buf[self._pos : end] = bytes(end - self._pos)
+                self._full.put((self._buf, end))
+            finally:
+                self._full.put(None)
+                self._thread.join()
             if self._error is not None:
                 raise self._error
             os.ftruncate(self._fd, self._size)
@@ -249,9 +251,11 @@ class _Output:
 
     def abort(self) -> None:
         """Stops the writer and closes the file after a failure (the caller removes the temp dir)."""
-        self._full.put(None)
-        self._thread.join()
-        os.close(self._fd)
+        try:
+            self._full.put(None)
+            self._thread.join()
+        finally:
+            os.close(self._fd)
 
 
 def _forget(fd: int, offset: int, n: int) -> None:
@@ -351,5 +355,10 @@ def write_assembled(outputs: list[tuple[Path, dict[str, str] | None, list[tuple[
     finally:
         for fd in fds.values():
             os.close(fd)
-    for out in opened:
-        out.close()
+    for k, out in enumerate(opened):
+        try:
+            out.close()
+        except BaseException:
+            for rest in opened[k + 1 :]:  # a failed close must not leave the other files' threads and fds
+                rest.abort()
+            raise

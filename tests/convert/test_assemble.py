@@ -95,3 +95,31 @@ def test_family_index_units_and_runs(tmp_path):
     assert pad.file.tolist() == [0, -1] and pad.length.tolist() == [48, 12]
     with pytest.raises(CheckpointError, match="byte plan of bad has 48 bytes"):
         fam.entry("bad", (5, 6), fam.inputs[0])
+
+
+def _open_files():
+    fds = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            fds[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass
+    return fds
+
+
+def test_a_failing_output_leaves_no_writer_thread_nor_descriptor(hf_dir, tmp_path, monkeypatch):
+    """Rank 0's file of a TP=2 stage hits a full disk; its error surfaces at close, and rank 1's file
+    (written in lockstep) must still be closed and its writer thread stopped."""
+    import threading
+
+    def write_full(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(f"{rank_dir(0, 0)}/model.safetensors"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return _REAL_WRITE(fd, data)
+
+    monkeypatch.setattr(os, "write", write_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        convert_hf_to_mcore(hf_dir, tmp_path / "mc", tp=2, pp=1, progress=False)
+    assert not [t for t in threading.enumerate() if t.name == "assemble-writer"]
+    assert not [p for p in _open_files().values() if str(tmp_path) in p]
+    assert not list(tmp_path.iterdir())
