@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from megatron_vrft.data.media import MediaError
+from megatron_vrft.data.overlay import SubtitleError
 from megatron_vrft.data.packing import PackedBatch, PackingError, SequenceItem, encode_sample, pack, plan_micro_batches
 from megatron_vrft.data.sample import Sample, SkipReport, media_skip_reason
 from megatron_vrft.data.template import TemplateError
@@ -131,6 +132,12 @@ class SampleDataset(Dataset):
             return item
         except (TemplateError, RopeIndexError, PackingError) as e:
             item.skip_reason, item.skip_detail = "bad_sample", str(e)
+            return item
+        except SubtitleError as e:  # a malformed .srt of a subtitle overlay
+            item.skip_reason, item.skip_detail = "bad_subtitles", str(e)
+            return item
+        except OSError as e:  # a media or subtitle file that exists but cannot be read
+            item.skip_reason, item.skip_detail = "unreadable_media", f"{sample.source}: {type(e).__name__}: {e}"
             return item
         if self.max_length is not None and len(sequence) > self.max_length:
             item.skip_reason = "too_long"

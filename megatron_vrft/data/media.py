@@ -49,6 +49,7 @@ MEDIA_ERROR_REASONS = (
     "too_short",  # fewer frames than the sampling rule needs (qwen-vl-utils: nframes outside [2, total])
     "out_of_range",  # video_start/video_end select no frames of this file
     "bad_aspect",  # aspect ratio above MAX_RATIO (qwen-vl-utils refuses these)
+    "too_large",  # an image above PIL's decompression-bomb limit (2 * Image.MAX_IMAGE_PIXELS)
 )
 
 
@@ -168,6 +169,8 @@ def _open_image(path_or_bytes: str | os.PathLike | bytes) -> tuple[Image.Image, 
     try:
         image = Image.open(source)
         image.load()
+    except Image.DecompressionBombError as e:
+        raise MediaError(name, "too_large", str(e)) from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise MediaError(name, "corrupt", f"{type(e).__name__}: {e}") from e
     return image, name

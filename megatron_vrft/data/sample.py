@@ -43,6 +43,7 @@ MEDIA_SKIP_REASONS = {
     "too_short": "short_media",
     "out_of_range": "bad_timestamp",
     "bad_aspect": "bad_aspect_media",
+    "too_large": "oversized_media",
 }
 
 

@@ -111,3 +111,35 @@ def test_too_long_is_skipped(sft_setup):
     with pytest.raises(StopIteration):
         next(iter(stream.micro_batches(100, 0)))
     assert stream.reports[0].skipped == {"too_long": 3}
+
+
+def test_subtitle_unreadable_and_bomb_media_are_skipped_not_raised(sft_setup, tmp_path, monkeypatch):
+    """A malformed .srt, an .srt that exists but cannot be read (EIO) and an image over PIL's
+    decompression-bomb limit each skip their sample, counted by reason; the epoch goes on."""
+    import dataclasses
+
+    from PIL import Image
+
+    from megatron_vrft.data.sample import MediaRef
+
+    tok, _, samples, rope, _ = sft_setup
+    video = next(s for s in samples if s.media and s.media[0].kind == "video" and "corrupt" not in s.media[0].path)
+    bad_srt = tmp_path / "bad.srt"
+    bad_srt.write_text("1\n00:00:01,000 --> soon\nhello\n")
+
+    def with_subtitles(srt, sid):
+        ref = dataclasses.replace(video.media[0], subtitles=str(srt), overlay=("timestamps", "subtitles"))
+        return dataclasses.replace(video, id=sid, media=[ref])
+
+    image = tmp_path / "big.png"
+    Image.new("RGB", (64, 64)).save(image)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64*64 > 2 * 1000: PIL raises DecompressionBombError
+    bomb = dataclasses.replace(video, id="bomb", media=[MediaRef("image", path=str(image))],
+                               messages=[{"role": "user", "content": [{"type": "image", "image": str(image)},
+                                                                      {"type": "text", "text": "?"}]},
+                                         {"role": "assistant", "content": "a"}], target="a")
+    mixed = [with_subtitles(bad_srt, "bad_srt"), with_subtitles("/proc/self/mem", "eio_srt"), bomb, video]
+    stream = DataStream(SampleDataset(mixed, tok, rope), ResumableSampler(len(mixed), shuffle=False), num_workers=0)
+    seen = [sid for b in stream.micro_batches(4000, 0) for sid in b.sample_ids]
+    assert seen == [video.id]
+    assert dict(stream.reports[0].skipped) == {"bad_subtitles": 1, "unreadable_media": 1, "oversized_media": 1}
