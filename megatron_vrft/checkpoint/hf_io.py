@@ -14,6 +14,7 @@ canonical (released-layout) name through ``get``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -79,6 +80,13 @@ class HFCheckpoint:
             weight_map = json.loads(index.read_text()).get("weight_map")
             if not isinstance(weight_map, dict):
                 raise CheckpointError(f"{index} has no weight_map")
+            root = os.path.normpath(os.path.abspath(self.dir))
+            for key, fname in weight_map.items():
+                inside = isinstance(fname, str) and fname and not os.path.isabs(fname) and \
+                    os.path.commonpath([os.path.normpath(os.path.join(root, fname)), root]) == root
+                if not inside:
+                    raise CheckpointError(f"{index}: tensor {key} names shard {fname!r}, which is not a file inside "
+                                          f"{self.dir}; refusing to read it")
             for fname in sorted(set(weight_map.values())):
                 if not (self.dir / fname).is_file():
                     raise CheckpointError(f"missing shard {fname} listed in {index}")

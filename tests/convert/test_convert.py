@@ -165,3 +165,22 @@ def test_cli_help_and_error_line(hf_dirs, tmp_path):
     assert r.stderr.strip().splitlines()[-1] == (
         "error: tensor-parallel size 3 does not divide text_config.num_attention_heads=4")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("where", ["../elsewhere/model.safetensors", "ABS"])
+def test_index_shard_names_must_stay_inside_the_checkpoint(hf_dirs, tmp_path, where):
+    """A crafted index pointing a tensor at a file outside the checkpoint is refused, even when that
+    file exists and holds valid tensors."""
+    src = hf_dirs["tied_mqa"]
+    ck, outside = tmp_path / "ck", tmp_path / "elsewhere"
+    shutil.copytree(src, ck)
+    outside.mkdir()
+    shutil.move(ck / "model.safetensors", outside / "model.safetensors")
+    fname = str(outside / "model.safetensors") if where == "ABS" else where
+    with safe_open(outside / "model.safetensors", "pt") as f:
+        weight_map = {k: fname for k in f.keys()}
+    (ck / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    with pytest.raises(CheckpointError, match=r"model.safetensors.index.json: tensor .* names shard .*"
+                                              r"which is not a file inside"):
+        convert_hf_to_mcore(ck, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

@@ -149,6 +149,29 @@ def test_video_r2_subtitles_overlay_grounding():
     assert sft[0].media[0].overlay == () and sft[0].media[0].options["fps"] == 1.0
 
 
+def test_video_r2_subtitles_stay_under_subtitles_root(tmp_path):
+    """The .srt path follows the resolved video path: an absolute video path under the media root
+    maps like its relative form; a video outside the base without a media root is skipped
+    (before, ``subtitles_root`` was ignored for absolute paths and ``..`` escaped it)."""
+    media, subs = tmp_path / "media", tmp_path / "subs"
+
+    def rec(i, video):
+        return {"id": str(i), "video": video, "conversations": [
+            {"from": "human", "value": "<video>\nQ?"}, {"from": "assistant", "value": "<answer>A</answer>"}]}
+
+    ann = tmp_path / "ann" / "sft.json"
+    ann.parent.mkdir()
+    ann.write_text(json.dumps([rec(0, "src/a/v0.mp4"), rec(1, str(media / "src/a/v1.mp4")), rec(2, "../v2.mp4")]))
+    samples, report = load_samples(ann, "video_r2", media, check_media=False, subtitles_root=str(subs))
+    assert [s.media[0].subtitles for s in samples] == [str(subs / "src/a/v0.srt"), str(subs / "src/a/v1.srt")]
+    assert dict(report.skipped) == {"path_escape": 1}  # ../v2.mp4 leaves the media root
+    ann.write_text(json.dumps([rec(0, "src/v0.mp4"), rec(1, "/elsewhere/v1.mp4")]))
+    samples, report = load_samples(ann, "video_r2", check_media=False, subtitles_root=str(subs))
+    assert [s.media[0].subtitles for s in samples] == [str(subs / "src/v0.srt")]
+    assert dict(report.skipped) == {"path_escape": 1}
+    assert "outside subtitles_root" in report.examples["path_escape"][0]
+
+
 def test_smarthome_labels_and_targets():
     (sft, _), _ = _load("smarthome_vad", "sft")
     assert [s.columns["solution"] for s in sft[:NUM]] == [label_of(i) for i in range(NUM)]  # Vague -> abnormal
