@@ -96,37 +96,49 @@ class MetricsLogger:
         self.enabled = rank == 0
         self.cfg = logging
         self.dir = Path(logging.output_dir)
+        self._total_steps = total_steps
+        self._run_config = run_config
         self._bar = None
         self._tb = None
         self._wandb = None
         self._file = None
-        if not self.enabled:
-            return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if logging.wandb:
-            try:
-                import wandb
+        self._opened = False
+        if self.enabled and logging.wandb:
+            try:  # fail at construction, not at the first step
+                import wandb  # noqa: F401
             except ImportError:
                 raise RuntimeError("logging.wandb is true but wandb is not installed "
                                    "(pip install megatron_vrft[wandb])") from None
-            config = asdict(run_config) if is_dataclass(run_config) else run_config
+
+    def _open(self) -> None:
+        """Creates the sinks on first use, so a run that fails before its first record writes nothing."""
+        if self._opened:
+            return
+        self._opened = True
+        cfg = self.cfg
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if cfg.wandb:
+            import wandb
+
+            config = asdict(self._run_config) if is_dataclass(self._run_config) else self._run_config
             # WANDB_MODE (e.g. offline) is read by wandb.init itself; dir keeps its files with the run's.
-            self._wandb = wandb.init(project=logging.wandb_project, name=logging.wandb_run_name,
-                                     dir=str(self.dir), config=config)
-        if logging.tensorboard:
+            self._wandb = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, dir=str(self.dir),
+                                     config=config)
+        if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=str(self.dir / "tb"))
-        if logging.progress_bar:
+        if cfg.progress_bar:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total_steps, desc="train", unit="step", dynamic_ncols=True)
+            self._bar = tqdm(total=self._total_steps, desc="train", unit="step", dynamic_ncols=True)
 
     def rewind(self, step: int) -> None:
         """Drops records with ``step > step`` from metrics.jsonl (a resumed run redoes those steps) and
         moves the progress bar there. Call once after resuming, before the first ``log``."""
         if not self.enabled:
             return
+        self._open()
         path = self.dir / METRICS_FILE
         if path.is_file():
             kept = [r for r in read_metrics(self.dir) if r.get("step", 0) <= step]
@@ -143,6 +155,7 @@ class MetricsLogger:
         any record with ``eval/`` keys; the progress bar moves to ``step``."""
         if not self.enabled:
             return
+        self._open()
         record = {"step": int(step), **{k: _scalar(v) for k, v in metrics.items()}}
         if self._file is None:
             self._file = open(self.dir / METRICS_FILE, "a", encoding="utf-8")

@@ -107,3 +107,10 @@ def test_nonfinite_guard_counts_consecutive():
     assert g.observe(1.0, torch.tensor(float("inf")))
     assert g.observe(float("inf"), None) and g.exhausted and g.total == 3
     assert "2 optimizer steps in a row" in g.message
+
+
+def test_nothing_written_before_first_record(tmp_path):
+    out = tmp_path / "run"
+    log = MetricsLogger(LoggingConfig(output_dir=str(out)), rank=0, total_steps=3)
+    log.close()
+    assert not out.exists()
