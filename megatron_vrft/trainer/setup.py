@@ -88,8 +88,10 @@ def _build_model(cfg: RunConfig, hf_config, dtype: torch.dtype):
         sequence_parallel=cfg.parallel.sequence_parallel,
         # THD rows differ in length between micro-batches: PP must exchange shapes per micro-batch.
         variable_seq_lengths=cfg.parallel.pp > 1,
-        # Every path loads weights (hf_path, mcore_path or pretrained_path): skip random init.
-        perform_initialization=False,
+        # Weights are loaded afterwards, but init must run: with perform_initialization=False mcore
+        # 0.16.1's Column/RowParallelLinear never mark their weights tensor-parallel, so the grad
+        # norm counts TP shards from TP rank 0 only (clipping and logged norms wrong at TP > 1).
+        perform_initialization=True,
         calculate_per_token_loss=True,
         **recompute_options(cfg.model.recompute),
     )
