@@ -63,8 +63,8 @@ STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _TMP_DIR = re.compile(r"^step_(\d+)\.(tmp|old)-(\d+)$")
 _SHARDING = {"distrib_optim_sharding_type": "fully_reshardable"}
-# Crash tests only: seconds to sleep after every rank wrote its shards, before the directory is
-# completed (a SIGKILL then lands "during the write").
+# Crash tests only: "STEP:SECONDS" sleeps in the save of step STEP after every rank wrote its
+# shards, before the directory is completed (so a SIGKILL lands "during the write").
 _PAUSE_ENV = "MEGATRON_VRFT_TEST_SAVE_PAUSE"
 
 
@@ -332,8 +332,9 @@ def save_checkpoint(run: Any) -> Path:
         except Exception as e:  # noqa: BLE001
             error = e
         agree(error, f"writing checkpoint {final}")
-        if os.environ.get(_PAUSE_ENV):
-            time.sleep(float(os.environ[_PAUSE_ENV]))
+        pause_step, _, pause_s = os.environ.get(_PAUSE_ENV, "").partition(":")
+        if pause_step and int(pause_step) == run.step:
+            time.sleep(float(pause_s))
         if rank0:
             error = None
             try:
