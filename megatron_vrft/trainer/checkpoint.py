@@ -22,10 +22,12 @@ TE) cannot be loaded by mcore 0.16.1's own ``DistributedOptimizer.load_state_dic
 (1) ``sharded_state_dict(is_loading=True)`` calls ``state_dict()``, which asserts exactly one ``step``
 value in the (still empty) Adam state; (2) ``load_parameter_state_from_fully_reshardable`` skips
 ``step`` in the loaded tensors but ``_set_main_param_and_optimizer_states`` copies every key of the
-Adam state, ``step`` included -> ``KeyError: 'step'``. ``_prefill_optimizer_state`` and
-``_load_optimizer`` work around both with mcore's own pieces (state pre-filled with zeros and step 0;
-the parameter state loaded with ``step`` set aside, ``step`` coming from the param groups as mcore
-intends).
+Adam state, ``step`` included -> ``KeyError: 'step'``; (3) ``load_state_dict`` gives every parameter
+the same ``step`` tensor, which torch Adam increments in place once per parameter (the bias
+correction then runs ahead and the resumed run diverges from the second step on).
+``_prefill_optimizer_state`` and ``_load_optimizer`` work around all three with mcore's own pieces
+(state pre-filled with zeros and step 0; the parameter state loaded with ``step`` set aside; one
+``step`` tensor per parameter, its value from the param groups as mcore intends).
 """
 
 from __future__ import annotations
@@ -202,8 +204,10 @@ def _load_optimizer(optimizer: Any, state: Any) -> None:
         try:
             sub.load_parameter_state_from_fully_reshardable(param_state)
         finally:
+            # mcore hands every parameter the SAME step tensor; torch Adam increments each
+            # parameter's step in place, so a shared one would advance once per parameter per step.
             for p, step in steps.items():
-                inner.state[p]["step"] = step
+                inner.state[p]["step"] = step.clone()
     if len(subs) > 1:
         optimizer._synchronize_steps()
 

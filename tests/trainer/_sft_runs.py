@@ -46,6 +46,7 @@ def write_config(path: Path, assets: dict, out: Path, **sections) -> Path:
     }
     for section, values in sections.items():
         cfg.setdefault(section, {}).update(values)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg))
     return path
 
