@@ -55,13 +55,13 @@ def _f(default: Any = MISSING, help: str = "", *, factory=None):  # noqa: A002 -
 class ModelConfig:
     hf_path: Optional[str] = _f(None, "HF Qwen2.5-VL directory (config.json + safetensors): architecture and initial weights")
     mcore_path: Optional[str] = _f(None, "converted Megatron checkpoint (checkpoint_convert/hf_to_mcore.py) to load instead of hf_path's weights")
-    dtype: str = _f("bf16", "parameter/compute dtype: bf16 or fp32 (CPU runs use fp32)")
-    attention_backend: str = _f("auto", "core attention: auto (TE if installed on GPU, else SDPA), sdpa or te")
+    dtype: str = _f("auto", "parameter/compute dtype: auto (bf16 on GPU, fp32 on CPU), bf16 or fp32")
+    attention_backend: str = _f("auto", "core attention: auto (= sdpa today), sdpa or te (refused until wired)")
     first_stage_llm_layers: Optional[int] = _f(None, "LLM layers on PP stage 0 (which also runs the ViT); None = even split")
     freeze_vision: bool = _f(False, "freeze the vision tower (ViT blocks)")
     freeze_projector: bool = _f(False, "freeze the patch merger (vision -> LLM projection)")
     freeze_llm: bool = _f(False, "freeze the language model")
-    recompute: str = _f("none", "activation recomputation: none, selective or full")
+    recompute: str = _f("none", "activation recomputation of the LLM layers: none, selective (core attention) or full (every layer)")
 
 
 @dataclass
@@ -76,12 +76,12 @@ class ParallelConfig:
 
 @dataclass
 class VideoConfig:
-    fps: Optional[float] = _f(2.0, "frames sampled per second (qwen-vl-utils default 2); set null to use nframes")
-    nframes: Optional[int] = _f(None, "fixed number of frames per video (exclusive with fps)")
+    fps: Optional[float] = _f(None, "frames sampled per second; None = the format's default (e.g. Video-R2 SFT 1, Open-R1-Video: 16 frames)")
+    nframes: Optional[int] = _f(None, "fixed number of frames per video (exclusive with fps); None = the format's default")
     min_pixels: Optional[int] = _f(None, "min pixels per frame (default 128*28*28)")
     max_pixels: Optional[int] = _f(None, "max pixels per frame (default 768*28*28)")
     total_pixels: Optional[int] = _f(None, "pixel budget over all frames of a video")
-    max_frames: int = _f(768, "upper bound on frames per video")
+    max_frames: Optional[int] = _f(None, "upper bound on frames per video; None = the format's default (qwen-vl-utils: 768)")
     image_min_pixels: Optional[int] = _f(None, "min pixels per image (default 4*28*28)")
     image_max_pixels: Optional[int] = _f(None, "max pixels per image (default 16384*28*28)")
 
@@ -107,8 +107,10 @@ class DataConfig:
 @dataclass
 class OptimizerConfig:
     name: str = _f("adam", "optimizer: adam (AdamW) or sgd")
-    lr: float = _f(1e-5, "peak learning rate")
-    min_lr: float = _f(0.0, "final learning rate of the decay")
+    lr: float = _f(1e-5, "peak learning rate (of the language model; of every module without its own lr)")
+    vision_lr: Optional[float] = _f(None, "peak learning rate of the ViT (patch embedding + blocks); None = lr")
+    merger_lr: Optional[float] = _f(None, "peak learning rate of the patch merger (ln_q + MLP); None = lr")
+    min_lr: float = _f(0.0, "final learning rate of the decay (a module whose peak lr is lower ends at its peak)")
     weight_decay: float = _f(0.0, "decoupled weight decay")
     adam_beta1: float = _f(0.9, "Adam beta1")
     adam_beta2: float = _f(0.999, "Adam beta2")
@@ -125,6 +127,8 @@ class SFTConfig:
     max_steps: int = _f(-1, "stop after this many optimizer steps; -1 = run all epochs")
     loss_agg: str = _f("token_mean", "token_mean (over all target tokens of the step) or sequence_mean")
     eval_interval: int = _f(0, "evaluate every N steps; 0 = only at the end (if eval_path is set)")
+    eval_only: bool = _f(False, "evaluate the initial weights on data.eval_path and exit (no training)")
+    max_nonfinite_steps: int = _f(3, "stop (after saving) when this many steps in a row have a NaN/inf loss or grad norm")
 
 
 @dataclass
@@ -201,7 +205,7 @@ class RunConfig:
 
 _CHOICES = {
     "mode": ("sft", "grpo"),
-    "model.dtype": ("bf16", "fp32"),
+    "model.dtype": ("auto", "bf16", "fp32"),
     "model.attention_backend": ("auto", "sdpa", "te"),
     "model.recompute": ("none", "selective", "full"),
     "data.format": (
@@ -247,8 +251,16 @@ def _validate(cfg: RunConfig, world_size: Optional[int]) -> list[tuple[str, str]
     check("optimizer.warmup_ratio", 0.0 <= cfg.optimizer.warmup_ratio < 1.0, "must be in [0, 1)")
     check("data.train_path", cfg.data.train_path is not None, "is required")
     v = cfg.data.video
-    check("data.video", (v.fps is None) != (v.nframes is None), "set exactly one of fps and nframes (fps=null to use nframes)")
+    check("data.video", v.fps is None or v.nframes is None, "set at most one of fps and nframes")
     check("data.global_batch_size", cfg.data.global_batch_size >= 1, "must be >= 1")
+    check("data.micro_batch_size", cfg.data.micro_batch_size >= 1, "must be >= 1")
+    if ws is not None and min(p.tp, p.pp, p.cp) >= 1 and ws % (p.tp * p.pp * p.cp) == 0:
+        dp = ws // (p.tp * p.pp * p.cp)
+        check("data.global_batch_size", cfg.data.global_batch_size % dp == 0,
+              f"{cfg.data.global_batch_size} is not divisible by the {dp} data-parallel ranks")
+    check("sft.eval_only", not cfg.sft.eval_only or cfg.data.eval_path is not None, "needs data.eval_path")
+    check("sft.max_nonfinite_steps", cfg.sft.max_nonfinite_steps >= 1, "must be >= 1")
+    problems += _unimplemented(cfg)
     if cfg.mode == "grpo":
         g = cfg.grpo
         check("grpo.num_generations", g.num_generations >= 2, "GRPO needs at least 2 completions per prompt")
@@ -256,6 +268,24 @@ def _validate(cfg: RunConfig, world_size: Optional[int]) -> list[tuple[str, str]
         check("grpo.clip_eps_low", 0 < g.clip_eps_low < 1, "must be in (0, 1)")
         check("grpo.kl_beta", g.kl_beta >= 0, "must be >= 0")
         check("rollout.temperature", cfg.rollout.temperature > 0, "must be > 0 for sampling")
+    return problems
+
+
+def _unimplemented(cfg: RunConfig) -> list[tuple[str, str]]:
+    """Values the schema accepts but this installation cannot run: refused now, not ignored later."""
+    import importlib.util
+
+    import torch
+
+    problems = []
+    if cfg.parallel.cp > 1:
+        problems.append(("parallel.cp", "context parallelism is not implemented yet; use parallel.cp=1"))
+    if cfg.model.attention_backend == "te":
+        installed = importlib.util.find_spec("transformer_engine") is not None
+        problems.append(("model.attention_backend", "the transformer-engine attention path is not wired yet"
+                         + ("" if installed else " (and transformer-engine is not installed)") + "; use auto or sdpa"))
+    if cfg.parallel.sequence_parallel and not torch.cuda.is_available():
+        problems.append(("parallel.sequence_parallel", "needs CUDA (mcore's CPU norm path asserts it off)"))
     return problems
 
 

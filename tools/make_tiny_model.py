@@ -1,9 +1,12 @@
 """Write a tiny random Qwen2.5-VL in HF format (config.json + safetensors) for demos and CPU checks.
 
-    python tools/make_tiny_model.py --out outputs/demo/hf [--seed 0] [--tied]
+    python tools/make_tiny_model.py --out outputs/demo/hf [--seed 0] [--tied] [--tokenizer]
 
 Nothing is downloaded: the architecture comes from ``megatron_vrft.testing.tiny_qwen`` (2 vision
 blocks with one full-attention block, GQA language model, mRoPE), the weights from ``--seed``.
+``--tokenizer`` also writes the tiny byte-level tokenizer with Qwen2.5-VL's special tokens
+(``megatron_vrft.data.testing``) and sizes the vocabulary and the vision token ids to it, so the
+directory is a complete ``model.hf_path`` for the trainer (``examples/run_sft.py``).
 """
 
 import argparse
@@ -12,7 +15,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from megatron_vrft.testing.tiny_qwen import save_tiny_hf  # noqa: E402
+from megatron_vrft.testing.tiny_qwen import tiny_hf_model  # noqa: E402
+
+
+def match_tokenizer(model, tok) -> None:
+    """Points the model config's vision token ids at ``tok``'s special tokens (in place)."""
+    from megatron_vrft.data.template import VisionTokenIds
+
+    ids = VisionTokenIds.from_tokenizer(tok)
+    cfg = model.config
+    cfg.image_token_id, cfg.video_token_id = ids.image_pad, ids.video_pad
+    cfg.vision_start_token_id, cfg.vision_end_token_id = ids.vision_start, ids.vision_end
+    cfg.text_config.eos_token_id = ids.im_end
 
 
 def main() -> int:
@@ -20,10 +34,21 @@ def main() -> int:
     parser.add_argument("--out", required=True, help="output directory (created)")
     parser.add_argument("--seed", type=int, default=0, help="weight seed")
     parser.add_argument("--tied", action="store_true", help="tie input and output embeddings (like the 3B)")
+    parser.add_argument("--tokenizer", action="store_true", help="also write the tiny tokenizer (trainer-ready directory)")
     args = parser.parse_args()
-    model = save_tiny_hf(args.out, seed=args.seed, tie_word_embeddings=args.tied)
+    text, tok = {}, None
+    if args.tokenizer:
+        from megatron_vrft.data.testing import build_tiny_tokenizer, vocab_size_of
+
+        tok = build_tiny_tokenizer()
+        text = {"vocab_size": vocab_size_of(tok)}
+    model = tiny_hf_model(seed=args.seed, tie_word_embeddings=args.tied, text=text)
+    if tok is not None:
+        match_tokenizer(model, tok)
+        tok.save_pretrained(args.out)
+    model.save_pretrained(args.out, safe_serialization=True)
     n = sum(p.numel() for p in model.parameters())
-    print(f"wrote {args.out}: tiny Qwen2.5-VL, {n:,} parameters")
+    print(f"wrote {args.out}: tiny Qwen2.5-VL, {n:,} parameters" + (" + tokenizer" if tok is not None else ""))
     return 0
 
 

@@ -1,0 +1,211 @@
+"""Training data across ranks: each DP replica reads its share, decoded once, in equal-sized steps.
+
+Layout. A DP replica is the TP x PP ranks that hold one copy of the model. Its *leader* (TP rank 0
+of PP stage 0) is the only rank that reads and decodes samples: it owns the `DataStream` (DataLoader
+workers decode the media) over ``order[dp_rank::dp]`` of each epoch's permutation. Per step it
+hands its replica the step's micro-batches with two broadcasts:
+
+    model-parallel group (all TP x PP ranks of the replica): the token-side tensors of every
+        micro-batch (ids, mRoPE positions, labels, loss mask, cu_seqlens): every PP stage needs
+        positions (RoPE is computed per stage), the last one labels and the loss mask;
+    TP group of stage 0: the pixel values and grids (the ViT is TP-sharded and runs on stage 0 only).
+
+Equal steps. Every DP rank takes exactly ``global_batch_size / dp`` usable samples per step:
+skipped samples (bad media, too long) are refilled from the stream, and crossing an epoch boundary
+continues into the next epoch. The leaders then agree (one all-reduce over their DP group) on
+whether every rank filled its step (if not, the data is exhausted and every rank stops: nobody
+waits in a collective for a rank that has nothing), on the global token counts, and on the number
+of micro-batches: a rank with fewer micro-batches than the most splits its fullest ones, so every
+DP rank runs the same number of micro-batches (the loss is normalised by global counts, so the
+split changes nothing numerically).
+
+Resume: ``state_dict()`` is the sampler position after the last sample of the last step handed out
+(identical on all ranks of a replica, broadcast with the batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+
+from megatron_vrft.data.loader import DataStream, LoadedItem, ResumableSampler, SampleDataset
+from megatron_vrft.data.packing import PackedBatch, pack, plan_micro_batches
+
+__all__ = ["Replica", "StepBatch", "StepStream", "replica_layout"]
+
+_PIXEL_FIELDS = ("pixel_values", "pixel_values_videos")
+
+
+@dataclass(frozen=True)
+class Replica:
+    """Where this rank sits in its DP replica (see the module docstring)."""
+
+    is_leader: bool
+    leader: int  # global rank of the replica's leader
+    first_stage: bool
+    dp_rank: int
+    dp_size: int
+
+
+def replica_layout() -> Replica:
+    """This rank's replica facts from mcore's parallel state (collective over the model-parallel group)."""
+    from megatron.core import parallel_state as ps
+
+    first = ps.is_pipeline_first_stage()
+    is_leader = first and ps.get_tensor_model_parallel_rank() == 0
+    group = ps.get_model_parallel_group()
+    flags: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(flags, (dist.get_rank(), is_leader), group=group)
+    leader = next(r for r, lead in flags if lead)
+    return Replica(is_leader, leader, first, ps.get_data_parallel_rank(), ps.get_data_parallel_world_size())
+
+
+@dataclass
+class StepBatch:
+    """One optimizer step's data for this rank; counts are global (all DP ranks)."""
+
+    micro_batches: list[PackedBatch]
+    num_samples: int
+    num_tokens: int
+    num_loss_tokens: int
+    samples_skipped: int
+    state: dict = field(default_factory=dict)
+
+
+def _split_fullest(groups: list[list[int]]) -> list[list[int]]:
+    """Splits the group with the most items in two (keeps data order inside the halves)."""
+    i = max(range(len(groups)), key=lambda k: len(groups[k]))
+    g = groups[i]
+    return groups[:i] + [g[: len(g) // 2], g[len(g) // 2:]] + groups[i + 1:]
+
+
+class StepStream:
+    """``next_batch()`` -> the next `StepBatch` (same on all ranks of a replica), or None when exhausted.
+
+    Args:
+        dataset: the `SampleDataset` (only the leader reads it).
+        replica: `replica_layout()`.
+        local_batch: usable samples per DP rank per step.
+        epochs: passes over the data (``next_batch`` returns None after the last).
+        micro_batch_size / pack_tokens: samples per micro-batch, or a token budget for greedy
+            THD packing when ``pack_tokens > 0``.
+        pad_id / pad_to_multiple_of: passed to `packing.pack`.
+        allow_partial: yield a short last step (eval) instead of stopping when a rank runs dry.
+    """
+
+    def __init__(self, dataset: SampleDataset, replica: Replica, *, local_batch: int, epochs: int, seed: int,
+                 shuffle: bool, micro_batch_size: int = 1, pack_tokens: int = 0, pad_id: int = 0,
+                 pad_to_multiple_of: int = 1, num_workers: int = 0, prefetch_factor: int = 2,
+                 allow_partial: bool = False, name: str = "train"):
+        self.replica, self.local_batch, self.epochs = replica, local_batch, epochs
+        self.micro_batch_size, self.pack_tokens = micro_batch_size, pack_tokens
+        self.pad_id, self.pad_to_multiple_of, self.allow_partial = pad_id, pad_to_multiple_of, allow_partial
+        self.sampler = ResumableSampler(len(dataset), seed=seed, shuffle=shuffle, rank=replica.dp_rank,
+                                        world_size=replica.dp_size)
+        self.stream = (DataStream(dataset, self.sampler, num_workers=num_workers, prefetch_factor=prefetch_factor,
+                                  name=name) if replica.is_leader else None)
+        self._items: Optional[Iterator[LoadedItem]] = None
+
+    # ---- leader side ---------------------------------------------------------------------------
+    def _epochs(self) -> Iterator[LoadedItem]:
+        while self.sampler.epoch < self.epochs:
+            yield from self.stream._items()
+            self.stream._end_epoch()
+
+    def _skipped_total(self) -> int:
+        """Samples skipped so far: finished epochs' reports plus the current one."""
+        done, current = self.stream.reports, self.stream.report
+        return sum(r.num_skipped for r in done) + (0 if any(r is current for r in done) else current.num_skipped)
+
+    def _take(self) -> list[LoadedItem]:
+        if self._items is None:
+            self._items = self._epochs()
+        items: list[LoadedItem] = []
+        for item in self._items:
+            items.append(item)
+            self.sampler.position = item.position + 1
+            if len(items) == self.local_batch:
+                break
+        return items
+
+    def _groups(self, items: list[LoadedItem]) -> list[list[int]]:
+        if self.pack_tokens > 0:
+            return plan_micro_batches([len(it.sequence) for it in items], self.pack_tokens, "greedy")
+        n = self.micro_batch_size
+        return [list(range(i, min(i + n, len(items)))) for i in range(0, len(items), n)]
+
+    def _leader_batch(self) -> Optional[StepBatch]:
+        from megatron.core import parallel_state as ps
+
+        skipped0 = self._skipped_total()
+        items = self._take()
+        groups = self._groups(items) if items else []
+        seqs = [it.sequence for it in items]
+        loss_tokens = sum(int(s.target_mask[1:].sum()) for s in seqs)
+        counts = torch.tensor([int(len(items) < self.local_batch), int(not items), len(items),
+                               sum(len(s) for s in seqs), loss_tokens, self._skipped_total() - skipped0],
+                              dtype=torch.long)
+        most = torch.tensor([len(groups)], dtype=torch.long)
+        if self.replica.dp_size > 1:
+            group = ps.get_data_parallel_group()
+            dist.all_reduce(counts, group=group)
+            dist.all_reduce(most, op=dist.ReduceOp.MAX, group=group)
+        short, empty, n_samples, n_tokens, n_loss, n_skipped = counts.tolist()
+        if empty or (short and not self.allow_partial):
+            return None
+        while len(groups) < int(most):
+            groups = _split_fullest(groups)
+        micro = [pack([seqs[i] for i in g], self.pad_id, pad_to_multiple_of=self.pad_to_multiple_of) for g in groups]
+        return StepBatch(micro, n_samples, n_tokens, n_loss, n_skipped, self.sampler.state_dict())
+
+    # ---- every rank ----------------------------------------------------------------------------
+    def next_batch(self) -> Optional[StepBatch]:
+        """The next step's micro-batches for this rank; None (on every rank) once the data is exhausted."""
+        from megatron.core import parallel_state as ps
+
+        batch = self._leader_batch() if self.replica.is_leader else None
+        if dist.get_world_size(ps.get_model_parallel_group()) > 1:
+            batch = self._share(batch)
+        if batch is not None and not self.replica.is_leader:
+            self.sampler.load_state_dict(batch.state)
+        return batch
+
+    def _share(self, batch: Optional[StepBatch]) -> Optional[StepBatch]:
+        """Leader -> replica: token-side tensors to every rank, pixels to the TP ranks of stage 0."""
+        from megatron.core import parallel_state as ps
+
+        text = None
+        if self.replica.is_leader and batch is not None:
+            stripped = [dataclasses.replace(m, **dict.fromkeys(_PIXEL_FIELDS)) for m in batch.micro_batches]
+            text = dataclasses.replace(batch, micro_batches=stripped)
+        box = [text]
+        dist.broadcast_object_list(box, src=self.replica.leader, group=ps.get_model_parallel_group())
+        text = box[0]
+        if text is None or not self.replica.first_stage:
+            return text
+        if self.replica.is_leader:
+            pixels = [[getattr(m, f) for f in _PIXEL_FIELDS] for m in batch.micro_batches]
+        else:
+            pixels = None
+        if ps.get_tensor_model_parallel_world_size() > 1:
+            box = [pixels]
+            dist.broadcast_object_list(box, src=self.replica.leader, group=ps.get_tensor_model_parallel_group())
+            pixels = box[0]
+        micro = [dataclasses.replace(m, **dict(zip(_PIXEL_FIELDS, px))) for m, px in zip(text.micro_batches, pixels)]
+        return dataclasses.replace(text, micro_batches=micro)
+
+    def restart(self) -> None:
+        """Back to the first sample of epoch 0 (eval streams, before each evaluation)."""
+        self.sampler.epoch, self.sampler.position = 0, 0
+        self._items = None
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
+        self._items = None
