@@ -111,7 +111,7 @@ def test_beta_zero_needs_no_reference_and_ignores_it():
     loss0, m0 = grpo_loss(logp, old, None, adv, mask, beta=0.0)
     assert "kl" not in m0
     loss1, m1 = grpo_loss(logp, old, logp.detach() - 3.0, adv, mask, beta=0.0)
-    assert float(loss0) == float(loss1) and float(m1["kl"]) > 0  # reported, not in the loss
+    assert loss0.item() == loss1.item() and float(m1["kl"]) > 0  # reported, not in the loss
     with pytest.raises(ValueError, match="beta > 0 needs ref_logp"):
         grpo_loss(logp, old, None, adv, mask, beta=0.04)
 
@@ -137,14 +137,14 @@ def test_equal_rewards_give_zero_loss_and_grad():
     logp, old = _inputs(CLIP_RATIO)
     loss, _ = grpo_loss(logp, old, None, torch.zeros(2), torch.ones(2, 3), beta=0.0)
     loss.backward()
-    assert float(loss) == 0.0 and torch.equal(logp.grad, torch.zeros_like(logp.grad))
+    assert loss.item() == 0.0 and torch.equal(logp.grad, torch.zeros_like(logp.grad))
 
 
 def test_all_padding_is_zero_not_nan():
     logp, old = _inputs([[1.0, 1.0]])
     for agg in INACTIVE_LOSS:
         loss, m = grpo_loss(logp, old, None, torch.ones(1), torch.zeros(1, 2), beta=0.0, loss_agg=agg)
-        assert float(loss) == 0.0 and float(m["clip_frac"]) == 0.0
+        assert loss.item() == 0.0 and float(m["clip_frac"]) == 0.0
 
 
 @pytest.mark.parametrize("agg", list(INACTIVE_LOSS))
@@ -155,7 +155,7 @@ def test_denominator_makes_micro_batches_add_up(agg):
     count = 5 if agg == "token_mean" else 2
     parts = [grpo_loss(logp[i:i + 1], old[i:i + 1], None, adv[i:i + 1], mask[i:i + 1], beta=0.0,
                        loss_agg=agg, denominator=count)[0] for i in range(2)]
-    _close(sum(parts), float(full))
+    _close(sum(parts), full.item())
 
 
 def test_entropy_metric_and_shape_errors():
