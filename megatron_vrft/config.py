@@ -161,6 +161,10 @@ class RolloutConfig:
     tensor_parallel_size: int = _f(1, "vLLM tensor parallel size")
     sleep_mode: bool = _f(True, "release vLLM memory during training phases")
     weight_sync_bucket_mb: int = _f(512, "bucket size for streaming weights to the engine")
+    max_model_len: int = _f(8192, "vLLM context length (prompt + completion tokens)")
+    max_media_per_prompt: int = _f(4, "vLLM limit of images and of videos per prompt")
+    enforce_eager: bool = _f(False, "vLLM: no CUDA graphs (always eager on CPU)")
+    kv_cache_gb: int = _f(1, "vLLM KV cache on CPU, whole GiB (VLLM_CPU_KVCACHE_SPACE); GPU uses gpu_memory_utilization")
 
 
 @dataclass
@@ -249,6 +253,11 @@ def _validate(cfg: RunConfig, world_size: Optional[int]) -> list[tuple[str, str]
     v = cfg.data.video
     check("data.video", (v.fps is None) != (v.nframes is None), "set exactly one of fps and nframes (fps=null to use nframes)")
     check("data.global_batch_size", cfg.data.global_batch_size >= 1, "must be >= 1")
+    r = cfg.rollout
+    check("rollout.top_p", 0 < r.top_p <= 1, "must be in (0, 1]")
+    check("rollout.top_k", r.top_k == -1 or r.top_k >= 1, "must be -1 (off) or >= 1")
+    check("rollout.weight_sync_bucket_mb", r.weight_sync_bucket_mb >= 1, "must be >= 1")
+    check("rollout.max_model_len", r.max_model_len > r.max_new_tokens, "must exceed rollout.max_new_tokens")
     if cfg.mode == "grpo":
         g = cfg.grpo
         check("grpo.num_generations", g.num_generations >= 2, "GRPO needs at least 2 completions per prompt")
