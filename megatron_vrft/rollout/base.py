@@ -106,7 +106,8 @@ class RolloutEngine(Protocol):
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Loads full tensors by canonical HF name (``weights.read_hf_key`` layout); may be a subset
-        of the model (one bucket of a weight sync); caches that depend on weights are dropped."""
+        of the model (one bucket of a weight sync) made of whole units (`rollout.sync.block_key`:
+        a transformer block, the merger, ...); caches that depend on weights are dropped."""
 
     def sleep(self) -> None:
         """Releases accelerator memory between rollouts (no-op where unsupported)."""

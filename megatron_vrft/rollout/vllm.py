@@ -29,7 +29,8 @@ when ``rollout.sleep_mode`` is set; vLLM does not support it on CPU, where sleep
 
 Weight updates: ``collective_rpc("reload_weights", weights_iterator=[(hf_name, tensor)],
 is_checkpoint_format=True)`` (the path that works on CPU, where vLLM repacks linear weights after
-loading), then the encoder cache (ViT outputs of repeated media) and the prefix cache (KV of the old
+loading). vLLM rebuilds each layer from what one call gives it, so a call must carry whole units
+(`rollout.sync.block_key`; checked, a partial unit is an error). Then the encoder cache (ViT outputs of repeated media) and the prefix cache (KV of the old
 weights) are reset, after every update.
 """
 
@@ -43,6 +44,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from megatron_vrft.models.qwen2_5_vl.weights import read_hf_key
 from megatron_vrft.rollout.base import Completion, RolloutError, SamplingParams, stop_token_ids
 
 __all__ = ["VLLMEngine", "vllm_prompt", "video_metadata"]
@@ -118,7 +120,14 @@ class VLLMEngine:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         import torch.distributed as dist
 
+        from megatron_vrft.models.qwen2_5_vl.weights import hf_shapes
+        from megatron_vrft.rollout.sync import block_key
+
         self.image_pad, self.video_pad = hf_config.image_token_id, hf_config.video_token_id
+        self._shapes = hf_shapes(hf_config)
+        self._units: dict[str, list[str]] = {}
+        for name in self._shapes:
+            self._units.setdefault(block_key(name), []).append(name)
         self.sleep_mode = bool(rollout_cfg.sleep_mode) and on_gpu
         self.asleep = False
         limit = int(rollout_cfg.max_media_per_prompt)
@@ -176,13 +185,29 @@ class VLLMEngine:
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         if self.asleep:
             raise RolloutError("vLLM engine is asleep: call wake() before update_weights()")
-        weights = [(name, t.detach().contiguous()) for name, t in named_tensors]
+        weights = [(read_hf_key(name), t.detach().contiguous()) for name, t in named_tensors]
         if not weights:
             return
+        self._check_whole_units([n for n, _ in weights])
         with contained_side_effects():
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
             self.llm.llm_engine.reset_encoder_cache()  # ViT outputs of media seen before the update
             self.llm.reset_prefix_cache()  # KV computed with the old weights
+
+    def _check_whole_units(self, names: list[str]) -> None:
+        """vLLM reloads layer by layer and rebuilds a fused layer (q/k/v, gate/up) from what one call
+        gave it: a call must carry every tensor of each unit it touches, or the rest would be lost."""
+        from megatron_vrft.rollout.sync import block_key
+
+        unknown = sorted(set(names) - set(self._shapes))
+        if unknown:
+            raise RolloutError(f"vLLM engine: not parameters of this model: {unknown[:4]}")
+        given = set(names)
+        for key in {block_key(n) for n in names}:
+            missing = sorted(n for n in self._units[key] if n not in given)
+            if missing:
+                raise RolloutError(f"vLLM engine: a weight update must carry all of {key} (vLLM reloads whole "
+                                   f"layers); missing {missing[:4]}")
 
     def sleep(self) -> None:
         if self.sleep_mode and not self.asleep:
