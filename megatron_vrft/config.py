@@ -129,6 +129,8 @@ class SFTConfig:
 
 @dataclass
 class RewardSpec:
+    """One configured reward; the one type the config and ``rewards`` (registry, combine) share."""
+
     name: str = _f(MISSING, "reward name from the registry (e.g. accuracy, format, iou_v2) or 'pkg.module:fn'")
     weight: float = _f(1.0, "weight in the summed reward")
     options: dict[str, Any] = _f(help="keyword options of the reward (e.g. labels, judge base_url)", factory=dict)
@@ -265,6 +267,15 @@ def _validate(cfg: RunConfig, world_size: Optional[int]) -> list[tuple[str, str]
         check("grpo.clip_eps_low", 0 < g.clip_eps_low < 1, "must be in (0, 1)")
         check("grpo.kl_beta", g.kl_beta >= 0, "must be >= 0")
         check("rollout.temperature", cfg.rollout.temperature > 0, "must be > 0 for sampling")
+        check("grpo.clip_eps_high", g.clip_eps_high > 0, "must be > 0")
+        check("grpo.prompts_per_step", g.prompts_per_step >= 1, "must be >= 1")
+        check("grpo.updates_per_rollout", g.updates_per_rollout >= 1, "must be >= 1")
+    if cfg.grpo.rewards:
+        # Imported here: the registry fills up when the reward modules are imported.
+        from megatron_vrft.rewards import spec_problems
+
+        for i, key, msg in spec_problems(cfg.grpo.rewards):
+            problems.append((f"grpo.rewards[{i}].{key}", msg))
     return problems
 
 
@@ -278,7 +289,14 @@ def _key_line(path: Optional[str], dotted: str) -> Optional[int]:
     except (OSError, yaml.YAMLError):
         return None
     line = None
-    for part in dotted.split("."):
+    for part in dotted.replace("[", ".[").split("."):
+        if part.startswith("[") and part.endswith("]"):  # a list index, e.g. grpo.rewards[1]
+            i = int(part[1:-1])
+            if not isinstance(node, yaml.SequenceNode) or i >= len(node.value):
+                break
+            node = node.value[i]
+            line = node.start_mark.line + 1
+            continue
         if not isinstance(node, yaml.MappingNode):
             break
         for key_node, value_node in node.value:
@@ -350,6 +368,11 @@ def load_config(
 def _merge(base: DictConfig, other: DictConfig, path: Optional[str], override: str = "") -> DictConfig:
     try:
         return OmegaConf.merge(base, other)  # type: ignore[return-value]
+    except TypeError:
+        # OmegaConf cannot merge `a.list.0.key=v` (a mapping) into a list.
+        where = _where(path, override) if path else "command line"
+        raise ConfigError(f"{where}: {override or '?'}: cannot set one element of a list; give the whole list, "
+                          f"e.g. grpo.rewards='[{{name: accuracy}}]'") from None
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or override or "?"
         if "not in struct" in str(e) or "Key '" in str(e) and "not in" in str(e):

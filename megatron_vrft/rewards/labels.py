@@ -46,7 +46,14 @@ def reference_label(solution: object, valid: frozenset[str], index: int, reward:
     return label
 
 
-@register_reward("accuracy")
+def _labels_check(reward: str):
+    def check(*, labels: Iterable[str] = DEFAULT_LABELS) -> None:
+        label_set(labels, reward)
+
+    return check
+
+
+@register_reward("accuracy", check_options=_labels_check("accuracy"))
 def accuracy(completions: list[str], *, labels: Iterable[str] = DEFAULT_LABELS, **columns) -> list[float | None]:
     """1.0 when the completion's last ``<answer>`` label equals the reference label, else 0.0.
 
@@ -66,7 +73,7 @@ def accuracy(completions: list[str], *, labels: Iterable[str] = DEFAULT_LABELS, 
     return rewards
 
 
-@register_reward("format")
+@register_reward("format", check_options=_labels_check("format"))
 def format_reward(completions: list[str], *, labels: Iterable[str] = DEFAULT_LABELS, **columns) -> list[float]:
     """1.0 when the response is exactly ``<think>non-empty</think> <answer>label</answer>``."""
     valid = label_set(labels, "format")
