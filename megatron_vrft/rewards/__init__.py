@@ -5,7 +5,7 @@
     get_reward("tar", base_url=..., model=...)(completions, temporal_grounding=[...])
     job = start_rewards(specs, completions, columns); ...; job.result()   -> CombinedRewards
 
-Built-in names: accuracy, format, format_v2 (labels.py); iou_v2, refuse_iou (temporal.py);
+Built-in names: accuracy, format, format_v2, think_answer_format (labels.py); iou_v2, refuse_iou (temporal.py);
 explain_correction (refusal.py); mc_accuracy (choice.py); tar (tar.py, judge.py). Plugins are named
 ``"pkg.module:function"``. Heavy dependencies (sentence-transformers, openai) load on first use.
 See docs/rewards.md for each reward's definition and an example.

@@ -1,10 +1,11 @@
-"""Label and template rewards: ``accuracy``, ``format`` (seed 000, RB-FT) and ``format_v2`` (seeds
-001/004, RA-RFT).
+"""Label and template rewards: ``accuracy``, ``format`` (seed 000, RB-FT), ``format_v2`` (seeds
+001/004, RA-RFT) and ``think_answer_format`` (seed 003, Video-R2).
 
 accuracy: the label inside ``<answer>…</answer>`` of the completion equals the reference label,
     case-insensitively, and lies in the valid label set (default ``{normal, abnormal}``): 1.0, else 0.0.
 format: the whole response is ``<think>non-empty</think> <answer>label</answer>`` with a valid label.
 format_v2: the whole response is ``<think>…</think> <answer>…</answer> <correction>…</correction>``.
+think_answer_format: the whole response is ``<think>…</think> <answer>…</answer>``, any answer.
 """
 
 from __future__ import annotations
@@ -93,3 +94,10 @@ def format_v2(completions: list[str], **columns) -> list[float]:
     """
     tags = ("think", "answer", "correction")
     return [1.0 if match_template(c, tags) is not None else 0.0 for c in completions]
+
+
+@register_reward("think_answer_format")
+def think_answer_format(completions: list[str], **columns) -> list[float]:
+    """1.0 when the response is exactly ``<think>…</think> <answer>…</answer>`` (contents may be empty
+    and the answer is free text, as in Video-R2's ``<think>.*?</think>\\s*<answer>.*?</answer>``)."""
+    return [1.0 if match_template(c, ("think", "answer")) is not None else 0.0 for c in completions]

@@ -20,7 +20,7 @@ from megatron_vrft.rewards import (
 )
 from megatron_vrft.rewards import registry
 
-BUILT_INS = {"accuracy", "format", "format_v2", "refuse_iou", "explain_correction", "iou_v2", "mc_accuracy", "tar"}
+BUILT_INS = {"accuracy", "format", "format_v2", "think_answer_format", "refuse_iou", "explain_correction", "iou_v2", "mc_accuracy", "tar"}
 
 
 def test_built_ins_are_registered():

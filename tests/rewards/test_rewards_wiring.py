@@ -108,8 +108,8 @@ COLUMNS = {
 }
 
 
-@pytest.mark.parametrize("name", ["accuracy", "format", "format_v2", "iou_v2", "refuse_iou", "mc_accuracy",
-                                  "explain_correction"])
+@pytest.mark.parametrize("name", ["accuracy", "format", "format_v2", "think_answer_format", "iou_v2", "refuse_iou",
+                                  "mc_accuracy", "explain_correction"])
 def test_empty_and_truncated_completions_score_their_normal_value(name):
     # "" = EOS straight away; the second is cut by max_new_tokens inside the answer block
     out = combine_rewards([(name, 1.0)], ["", "<think>the man walks</think> <answer>norm"], COLUMNS)
@@ -153,3 +153,13 @@ def test_judge_down_gives_none_not_a_crash(caplog):
     assert out.none_counts()["tar"] == 2 and out.errors["tar"] == 0
     assert out.total == [0.0, 0.0, 0.0]
     assert "calls failed" in caplog.text and json.dumps(out.per_reward)
+
+
+def test_think_answer_format_takes_any_answer():
+    out = combine_rewards([("think_answer_format", 1.0)], [
+        "<think>the chef adds water</think>\n<answer>B. to thin the sauce</answer>",
+        "<think></think><answer></answer>",
+        "<answer>B</answer>",
+        "<think>x</think><answer>B</answer> trailing",
+    ], {})
+    assert out.per_reward["think_answer_format"] == [1.0, 1.0, 0.0, 0.0]
