@@ -140,14 +140,15 @@ class RewardSpec:
 class GRPOConfig:
     num_generations: int = _f(8, "completions per prompt (group size G)")
     prompts_per_step: int = _f(8, "prompts per rollout step (over all data-parallel ranks)")
-    max_steps: int = _f(1000, "rollout/update steps")
-    epochs: int = _f(1, "passes over the prompt set (max_steps wins)")
+    max_steps: int = _f(-1, "stop after this many rollout steps; -1 = run all epochs")
+    epochs: int = _f(1, "passes over the prompt set")
     updates_per_rollout: int = _f(1, "optimizer steps per rollout batch (mini-batches)")
     clip_eps_low: float = _f(0.2, "PPO ratio clip: lower bound 1 - eps")
     clip_eps_high: float = _f(0.2, "PPO ratio clip: upper bound 1 + eps (DAPO clip-higher when > low)")
     kl_beta: float = _f(0.04, "weight of the KL penalty to the reference model; 0 = no reference model")
     kl_estimator: str = _f("k3", "KL estimator: k1, k2 or k3")
     scale_rewards: bool = _f(True, "divide advantages by the group std (False = Dr.GRPO)")
+    advantage_eps: float = _f(1e-4, "added to the group std before dividing (TRL and the seeds' trainers: 1e-4)")
     loss_agg: str = _f("token_mean", "token_mean, sequence_mean or seq_mean_token_sum")
     rewards: list[RewardSpec] = _f(help="rewards and their weights", factory=list)
 
@@ -268,7 +269,12 @@ def _validate(cfg: RunConfig, world_size: Optional[int]) -> list[tuple[str, str]
         check("grpo.kl_beta", g.kl_beta >= 0, "must be >= 0")
         check("rollout.temperature", cfg.rollout.temperature > 0, "must be > 0 for sampling")
         check("grpo.clip_eps_high", g.clip_eps_high > 0, "must be > 0")
+        check("grpo.advantage_eps", g.advantage_eps > 0, "must be > 0")
         check("grpo.prompts_per_step", g.prompts_per_step >= 1, "must be >= 1")
+        if ws is not None and min(p.tp, p.pp, p.cp) >= 1 and ws % (p.tp * p.pp * p.cp) == 0:
+            dp = ws // (p.tp * p.pp * p.cp)
+            check("grpo.prompts_per_step", g.prompts_per_step % dp == 0,
+                  f"{g.prompts_per_step} prompts do not split evenly over {dp} data-parallel ranks")
         check("grpo.updates_per_rollout", g.updates_per_rollout >= 1, "must be >= 1")
     if cfg.grpo.rewards:
         # Imported here: the registry fills up when the reward modules are imported.
