@@ -87,7 +87,12 @@ class Completion:
     token_ids: int64 [C] generated ids, including the EOS token when one was produced (C may be 1:
     an EOS-first completion); logprobs: float32 [C], the engine's logprob of each sampled token (see
     the module docstring); text: decoded without special tokens; finish_reason: "stop" (EOS) or
-    "length" (max_new_tokens reached).
+    "length" (max_new_tokens reached, or cut at a sampled media placeholder).
+
+    A sampled ``<|image_pad|>`` / ``<|video_pad|>`` ends the completion before it (the token is not
+    kept, ``finish_reason`` "length"): a placeholder without media cannot be fed back to the model,
+    so the trainer could not score it. The kept tokens' logprobs stay those of the unrestricted
+    distribution; C may then be 0.
     """
 
     token_ids: torch.Tensor

@@ -74,6 +74,8 @@ class HFEngine:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.stop_ids = torch.tensor(stop_ids, dtype=torch.long)
+        cfg = model.config
+        self.media_ids = torch.tensor([cfg.image_token_id, cfg.video_token_id], dtype=torch.long)
         # canonical HF name -> the model's tensor (transformers 5 keeps other in-memory names)
         self._params = {read_hf_key(n): t for n, t in model.state_dict(keep_vars=True).items()}
 
@@ -131,13 +133,17 @@ class HFEngine:
         tokens, logprobs = [], []
         length = torch.full((n,), sampling.max_new_tokens, dtype=torch.long)
         done = torch.zeros(n, dtype=torch.bool)
+        finished = torch.zeros(n, dtype=torch.bool)  # ended by EOS
         for step in range(sampling.max_new_tokens):
             tok, lp = sample_next(logits, sampling, gen)
             tokens.append(tok)
             logprobs.append(lp)
-            stopped = torch.isin(tok, self.stop_ids) & ~done
-            length[stopped] = step + 1
-            done |= stopped
+            eos = torch.isin(tok, self.stop_ids) & ~done
+            media = torch.isin(tok, self.media_ids) & ~done  # cut before a placeholder (see base.Completion)
+            length[eos] = step + 1
+            length[media] = step
+            finished[eos] = True
+            done |= eos | media
             if bool(done.all()) or step + 1 == sampling.max_new_tokens:
                 break
             # finished rows keep decoding (their tokens are cut off below): one batch, no reshuffling
@@ -150,7 +156,7 @@ class HFEngine:
             row = ids[r, :c].clone()
             result.append(Completion(token_ids=row, logprobs=lps[r, :c].clone(),
                                      text=self.tokenizer.decode(row.tolist(), skip_special_tokens=True),
-                                     finish_reason="stop" if bool(done[r]) else "length"))
+                                     finish_reason="stop" if bool(finished[r]) else "length"))
         return result
 
     @torch.no_grad()

@@ -156,7 +156,7 @@ class VLLMEngine:
 
         return VSP(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
                    max_tokens=sampling.max_new_tokens, seed=sampling.prompt_seed(i), logprobs=0,
-                   stop_token_ids=self.stop_ids, skip_special_tokens=True)
+                   stop_token_ids=self.stop_ids + [self.image_pad, self.video_pad], skip_special_tokens=True)
 
     def generate(self, prompts: list, sampling: SamplingParams) -> list[list[Completion]]:
         if self.asleep:
@@ -170,16 +170,18 @@ class VLLMEngine:
             outs = self.llm.generate(requests, params, use_tqdm=False)
         return [[self._completion(c) for c in sorted(o.outputs, key=lambda c: c.index)] for o in outs]
 
-    @staticmethod
-    def _completion(c) -> Completion:
+    def _completion(self, c) -> Completion:
         ids = list(c.token_ids)
         if c.logprobs is None or len(c.logprobs) != len(ids):
             raise RolloutError(f"vLLM returned {0 if c.logprobs is None else len(c.logprobs)} logprobs for {len(ids)} tokens")
         lps = [step[t].logprob for t, step in zip(ids, c.logprobs)]
         if c.finish_reason not in ("stop", "length"):
             raise RolloutError(f"vLLM finished a completion with reason {c.finish_reason!r}")
+        reason = c.finish_reason
+        if ids and ids[-1] in (self.image_pad, self.video_pad):  # cut before a placeholder (base.Completion)
+            ids, lps, reason = ids[:-1], lps[:-1], "length"
         return Completion(token_ids=torch.tensor(ids, dtype=torch.long), logprobs=torch.tensor(lps, dtype=torch.float32),
-                          text=c.text, finish_reason=c.finish_reason)
+                          text=c.text, finish_reason=reason)
 
     # ---- weights and memory --------------------------------------------------------------------
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:

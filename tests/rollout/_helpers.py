@@ -3,6 +3,13 @@
 import torch
 
 EOS = 258  # <|im_end|> of the tiny tokenizer
+IMAGE_PAD = 268
+
+
+def max_gap(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| (0 for empty completions, which a sampled media placeholder can produce)."""
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return (a - b).abs().max().item() if a.numel() else 0.0
 
 
 def perturbed(state: dict, seed: int, scale: float = 0.05, skip_prefix: str | None = None) -> dict:
@@ -19,9 +26,9 @@ def perturbed(state: dict, seed: int, scale: float = 0.05, skip_prefix: str | No
 
 
 @torch.no_grad()
-def eos_first_lm_head(hf_engine, item) -> torch.Tensor:
-    """lm_head.weight whose EOS row is chosen so that EOS's logit after ``item``'s last prompt token
-    is 1000 (``w = 1000 h / |h|^2``): EOS gets all the probability at that prompt's first step."""
+def first_token_lm_head(hf_engine, item, token: int = EOS) -> torch.Tensor:
+    """lm_head.weight whose ``token`` row is chosen so that its logit after ``item``'s last prompt
+    token is 1000 (``w = 1000 h / |h|^2``): ``token`` gets all the probability at the first step."""
     from megatron_vrft.rollout.hf import _media_kwargs
 
     seen = []
@@ -33,5 +40,5 @@ def eos_first_lm_head(hf_engine, item) -> torch.Tensor:
         hook.remove()
     h = seen[0]
     w = hf_engine.state_dict()["lm_head.weight"].clone()
-    w[EOS] = 1000.0 * h / h.norm() ** 2
+    w[token] = 1000.0 * h / h.norm() ** 2
     return w

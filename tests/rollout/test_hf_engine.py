@@ -3,7 +3,7 @@ temperature, n completions per prompt, seeding, EOS-first completions, bit-exact
 
 import pytest
 import torch
-from _helpers import EOS, eos_first_lm_head, perturbed
+from _helpers import EOS, IMAGE_PAD, first_token_lm_head, max_gap, perturbed
 
 from megatron_vrft.config import RolloutConfig
 from megatron_vrft.rollout.base import RolloutError, SamplingParams
@@ -40,7 +40,7 @@ def test_logprobs_match_teacher_forced(hf_engine, prompts, name):
         (group,) = hf_engine.generate([item], SamplingParams(n=2, temperature=temperature, max_new_tokens=6, seed=1))
         for c in group:
             ref = hf_engine.score(item.sequence, c.token_ids, temperature)
-            assert (ref - c.logprobs).abs().max() <= 1e-4
+            assert max_gap(ref, c.logprobs) <= 1e-4
 
 
 def test_video_positions_are_the_projects_not_transformers(hf_engine, prompts):
@@ -76,17 +76,23 @@ def test_n_completions_and_seeding(hf_engine, prompts):
             assert len(x.logprobs) == len(x) == 8 and x.finish_reason == "length"
 
 
-def test_eos_first_completion_and_bit_exact_updates(hf_engine, prompts):
+def test_eos_first_media_cut_and_bit_exact_updates(hf_engine, prompts):
     original = {k: v.clone() for k, v in hf_engine.state_dict().items()}
     try:
         new = perturbed(original, seed=1)
         hf_engine.update_weights(new.items())
         assert all(torch.equal(hf_engine.state_dict()[k], new[k]) for k in new)
-        hf_engine.update_weights([("lm_head.weight", eos_first_lm_head(hf_engine, prompts["image"]))])
+        hf_engine.update_weights([("lm_head.weight", first_token_lm_head(hf_engine, prompts["image"]))])
         (group,) = hf_engine.generate([prompts["image"]], SamplingParams(n=2, max_new_tokens=5, seed=0))
         for c in group:
             assert c.token_ids.tolist() == [EOS] and c.finish_reason == "stop" and c.text == ""
             assert c.logprobs.shape == (1,) and c.logprobs[0] > -1e-3
+        # a sampled media placeholder ends the completion before it: here an empty one
+        hf_engine.update_weights([("lm_head.weight", new["lm_head.weight"])])
+        hf_engine.update_weights([("lm_head.weight", first_token_lm_head(hf_engine, prompts["image"], IMAGE_PAD))])
+        (group,) = hf_engine.generate([prompts["image"]], SamplingParams(n=2, max_new_tokens=5, seed=0))
+        for c in group:
+            assert len(c) == 0 and c.logprobs.shape == (0,) and c.finish_reason == "length" and c.text == ""
     finally:
         hf_engine.update_weights(original.items())
     assert all(torch.equal(hf_engine.state_dict()[k], original[k]) for k in original)

@@ -3,13 +3,13 @@
 One engine for the module (construction takes ~15 s). Checked: vLLM's prompt token ids, mm grids,
 second_per_grid_ts and mRoPE positions equal the trainer's `SequenceItem` (image, video, clipped
 video); its logprobs equal HF teacher-forced logprobs of the same completion; n / seeding; weight
-pushes (perturbed weights -> HF's logprobs on the same weights; EOS-first; originals restored
-exactly); side effects on the host process contained.
+pushes (perturbed weights -> HF's logprobs on the same weights; EOS-first; a sampled media
+placeholder cuts the completion; originals restored exactly); side effects on the host process contained.
 """
 
 import pytest
 import torch
-from _helpers import EOS, eos_first_lm_head, perturbed
+from _helpers import EOS, IMAGE_PAD, first_token_lm_head, max_gap, perturbed
 
 pytest.importorskip("vllm")
 
@@ -85,7 +85,7 @@ def test_logprobs_match_hf_teacher_forced(engine, hf_engine, prompts, temperatur
         for c in group:
             assert len(c.logprobs) == len(c) and c.finish_reason in ("stop", "length")
             ref = hf_engine.score(prompts[name].sequence, c.token_ids, temperature)
-            assert (ref - c.logprobs).abs().max() <= 1e-4, name
+            assert max_gap(ref, c.logprobs) <= 1e-4, name
 
 
 def test_n_completions_and_seeding(engine, prompts):
@@ -116,13 +116,18 @@ def test_weight_push_matches_hf_eos_first_and_restores(engine, hf_engine, prompt
         for item, group in zip(items, after):
             for c in group:
                 # ... everywhere: vLLM now computes what HF computes with the perturbed weights
-                assert (hf_engine.score(item.sequence, c.token_ids) - c.logprobs).abs().max() <= 1e-5
-        lm_head = eos_first_lm_head(hf_engine, prompts["video"])
+                assert max_gap(hf_engine.score(item.sequence, c.token_ids), c.logprobs) <= 1e-5
+        lm_head = first_token_lm_head(hf_engine, prompts["video"])
         engine.update_weights([("lm_head.weight", lm_head)])
         (group,) = engine.generate([prompts["video"]], SamplingParams(n=3, max_new_tokens=5, seed=0))
         for c in group:
             assert c.token_ids.tolist() == [EOS] and c.finish_reason == "stop" and c.text == ""
             assert c.logprobs.shape == (1,) and c.logprobs[0] > -1e-3
+        hf_engine.update_weights([("lm_head.weight", new["lm_head.weight"])])
+        engine.update_weights([("lm_head.weight", first_token_lm_head(hf_engine, prompts["video"], IMAGE_PAD))])
+        (group,) = engine.generate([prompts["video"]], SamplingParams(n=2, max_new_tokens=5, seed=0))
+        for c in group:  # a sampled media placeholder ends the completion before it
+            assert len(c) == 0 and c.logprobs.shape == (0,) and c.finish_reason == "length" and c.text == ""
     finally:
         hf_engine.update_weights(original.items())
         engine.update_weights(original.items())
