@@ -31,6 +31,7 @@ __all__ = [
     "tiny_vl_batch",
     "ROLLOUT_SHAPES",
     "save_tiny_rollout_dir",
+    "save_rollout_dir",
 ]
 
 # Token ids of the tiny vocabulary (they must be < vocab_size).
@@ -201,14 +202,22 @@ def save_tiny_rollout_dir(directory: str | Path, seed: int = 0, shape: str = "vl
     """A complete HF model directory a rollout engine (vLLM) can load: model (``ROLLOUT_SHAPES[shape]``,
     safetensors), the tiny byte-level tokenizer with Qwen's chat template, ``generation_config.json``
     (EOS = ``<|im_end|>``) and image/video processor configs. Returns the HF model (fp32, eval)."""
+
+    model = tiny_hf_model(seed=seed, **ROLLOUT_SHAPES[shape])
+    save_rollout_dir(directory, model)
+    return model
+
+
+def save_rollout_dir(directory: str | Path, model) -> None:
+    """Writes ``model`` (an HF Qwen2.5-VL whose special ids are the tiny tokenizer's) with the files
+    vLLM needs next to it: tokenizer, ``generation_config.json``, image/video processor configs."""
     import json
 
     from megatron_vrft.data.testing import build_tiny_tokenizer
 
     directory = Path(directory)
-    model = tiny_hf_model(seed=seed, **ROLLOUT_SHAPES[shape])
-    model.generation_config.eos_token_id = model.config.eos_token_id
-    model.generation_config.bos_token_id = model.config.bos_token_id
+    model.generation_config.eos_token_id = model.config.text_config.eos_token_id
+    model.generation_config.bos_token_id = model.config.text_config.bos_token_id
     model.save_pretrained(str(directory), safe_serialization=True)
     build_tiny_tokenizer().save_pretrained(str(directory))
     norm = dict(image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
@@ -220,4 +229,3 @@ def save_tiny_rollout_dir(directory: str | Path, seed: int = 0, shape: str = "vl
         json.dumps({**norm, "image_processor_type": "Qwen2VLImageProcessor"}, indent=2))
     (directory / "video_preprocessor_config.json").write_text(
         json.dumps({**norm, "video_processor_type": "Qwen2VLVideoProcessor", "do_sample_frames": False}, indent=2))
-    return model
