@@ -10,6 +10,7 @@
 - ``video``: 48 frames at 8 fps sampled at 2 fps -> 12 frames of 56x56 -> grid 6x4x4: a temporal
   extent (t ids up to 10) larger than the spatial one, where transformers 5.23's own rope index
   places the following text differently from the project (and vLLM);
+- ``both``: the image, then the video, in one prompt;
 - ``clip``: the same video cut to 1.0-4.5 s (``video_start`` / ``video_end``): frames in range <
   frames in the file, so ``sample_fps`` is not ``n / total_frames * fps``.
 """
@@ -66,13 +67,15 @@ def tiny_prompt_items(root: str | Path, tokenizer, rope) -> dict:
         {"id": "text", "conversations": _conv("Name a colour.")},
         {"id": "image", "image": "noise.png", "conversations": _conv("<image>\nWhat is it?")},
         {"id": "video", "video": "long.mp4", "conversations": _conv("<video>\nWhat moves?")},
+        {"id": "both", "image": "noise.png", "video": "long.mp4",
+         "conversations": _conv("<image> and <video>: the same colours?")},
     ]
     (root / "prompts.json").write_text(json.dumps(records))
     samples, report = load_samples(root / "prompts.json", "llava_conv", root, mode="grpo",
                                    video_options=VIDEO_OPTIONS, image_options=IMAGE_OPTIONS)
     if report.num_skipped or [s.id for s in samples] != [r["id"] for r in records]:
         raise RuntimeError(f"tiny prompts did not load as written: {report.details()}")
-    video = samples[-1]
+    video = samples[2]
     (ref,) = video.media
     clip_ref = dataclasses.replace(ref, options={**ref.options, "video_start": 1.0, "video_end": 4.5})
     samples.append(dataclasses.replace(video, id="clip", media=[clip_ref]))

@@ -32,7 +32,22 @@ def test_filter_logits_hand_computed():
     assert lp.item() == pytest.approx(torch.log(torch.tensor([0.5, 0.3]) / 0.8)[tok.item()].item(), abs=1e-6)
 
 
-@pytest.mark.parametrize("name", ["text", "image", "video", "clip"])
+def test_make_engine(model_dir, hf_config):
+    from megatron_vrft.config import RunConfig
+    from megatron_vrft.rollout.base import make_engine
+    from megatron_vrft.rollout.hf import HFEngine
+
+    cfg = RunConfig()
+    cfg.rollout.engine, cfg.model.dtype = "hf", "fp32"
+    eng = make_engine(cfg, hf_config, model_dir)
+    assert isinstance(eng, HFEngine) and eng.stop_ids.tolist() == [EOS]
+    assert next(eng.model.parameters()).dtype == torch.float32
+    cfg.rollout.engine = "sglang"
+    with pytest.raises(RolloutError, match="rollout.engine"):
+        make_engine(cfg, hf_config, model_dir)
+
+
+@pytest.mark.parametrize("name", ["text", "image", "video", "clip", "both"])
 def test_logprobs_match_teacher_forced(hf_engine, prompts, name):
     """Engine logprobs = teacher-forced log_softmax(logits / T) with the project's positions."""
     item = prompts[name]

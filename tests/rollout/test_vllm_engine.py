@@ -18,17 +18,22 @@ from megatron_vrft.models.qwen2_5_vl.weights import read_hf_key  # noqa: E402
 from megatron_vrft.rollout.sync import block_key  # noqa: E402
 from megatron_vrft.rollout.base import RolloutError, SamplingParams  # noqa: E402
 
-NAMES = ["text", "image", "video", "clip"]
+NAMES = ["text", "image", "video", "clip", "both"]
 
 
 @pytest.fixture(scope="module")
 def engine(model_dir, hf_config):
+    from megatron_vrft.config import RunConfig
+    from megatron_vrft.rollout.base import make_engine
     from megatron_vrft.rollout.vllm import VLLMEngine
 
+    cfg = RunConfig(seed=0)
+    cfg.model.dtype = "fp32"
+    cfg.rollout = RolloutConfig(engine="vllm", max_model_len=512, max_media_per_prompt=1)
     torch.manual_seed(123)
     before = (torch.get_num_threads(), torch.set_num_threads, torch.get_rng_state())
-    eng = VLLMEngine(model_dir, hf_config, RolloutConfig(max_model_len=512, max_media_per_prompt=1),
-                     dtype=torch.float32, seed=0)
+    eng = make_engine(cfg, hf_config, model_dir)
+    assert isinstance(eng, VLLMEngine)
     eng.side_effects = (before, (torch.get_num_threads(), torch.set_num_threads, torch.get_rng_state()))
     return eng
 
