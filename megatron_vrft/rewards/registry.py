@@ -10,8 +10,16 @@ ignores the rest. ``None`` means "not applicable to this completion": it is left
 mean and contributes nothing to the completion's total (TRL's ``nansum`` semantics).
 
 Options (valid label set, thresholds, judge endpoint, ...) are keyword parameters with defaults;
-``get_reward(name, **options)`` binds them so a config entry ``{name, weight, options}`` maps to
-one callable. Rewards are found by registered name or, for plugins, by ``"pkg.module:function"``.
+``get_reward(name, **options)`` binds them so a config entry (``config.RewardSpec``: name, weight,
+options) maps to one callable. Rewards are found by registered name or, for plugins, by
+``"pkg.module:function"``. ``spec_problems`` checks a list of specs without running any reward (the
+config loader calls it): the name resolves, the weight is finite, the option names exist, and the
+option values pass the reward's ``check_options`` hook when it has one.
+
+Two optional attributes of a reward function (set by ``register_reward``; a plugin may set them):
+``reward_check_options(**options)`` raises ``RewardConfigError`` for bad option values, and
+``reward_background = True`` marks a slow reward (a network judge) that ``combine.start_rewards``
+runs in a background thread while the trainer computes logprobs.
 """
 
 from __future__ import annotations
@@ -21,8 +29,9 @@ import importlib
 import inspect
 import logging
 import math
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from megatron_vrft.config import RewardSpec
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +64,14 @@ class RewardOutputError(RewardError):
     """A reward returned something other than one finite float or None per completion."""
 
 
-def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
-    """Decorator that registers ``fn`` under ``name``; registering a name twice raises."""
+def register_reward(
+    name: str, *, check_options: Optional[Callable[..., None]] = None, background: bool = False
+) -> Callable[[RewardFn], RewardFn]:
+    """Decorator that registers ``fn`` under ``name``; registering a name twice raises.
+
+    check_options: called with the configured options at config load; raises RewardConfigError.
+    background: a slow reward (network judge) that may run while the trainer does other work.
+    """
     if not name or ":" in name:
         raise RewardConfigError(f"invalid reward name {name!r}: non-empty, without ':'")
 
@@ -67,6 +82,9 @@ def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
                 f"reward {name!r} is already registered by "
                 f"{existing.__module__}.{existing.__qualname__}"
             )
+        if check_options is not None:
+            fn.reward_check_options = check_options
+        fn.reward_background = background
         _REGISTRY[name] = fn
         return fn
 
@@ -170,81 +188,59 @@ def check_output(name: str, values: Any, n: int) -> list[float | None]:
     return out
 
 
-@dataclass(frozen=True)
-class RewardSpec:
-    """One configured reward: registered name or plugin path, weight, and bound options."""
-
-    name: str
-    weight: float = 1.0
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.weight, (int, float)) or isinstance(self.weight, bool) or not math.isfinite(self.weight):
-            raise RewardConfigError(f"reward {self.name!r}: weight must be a finite number, got {self.weight!r}")
+def is_background(name: str) -> bool:
+    """Whether the reward ``name`` asked to run in the background (``reward_background``)."""
+    return bool(getattr(_resolve(name), "reward_background", False))
 
 
-@dataclass
-class CombinedRewards:
-    """Result of ``combine_rewards``.
-
-    total: per completion, sum over rewards of weight * value, None values skipped (0.0 when every
-        reward is None for that completion, as TRL's ``nansum`` does).
-    per_reward: name -> the raw (unweighted) values, None kept, for logging each reward.
-    """
-
-    total: list[float]
-    per_reward: dict[str, list[float | None]]
-
-    def means(self) -> dict[str, float | None]:
-        """Mean of each reward over the completions where it applies (None when it applies nowhere)."""
-        out: dict[str, float | None] = {}
-        for name, values in self.per_reward.items():
-            vals = [v for v in values if v is not None]
-            out[name] = sum(vals) / len(vals) if vals else None
-        return out
-
-    def none_counts(self) -> dict[str, int]:
-        """How many completions each reward skipped (e.g. judge calls that finally failed)."""
-        return {name: sum(v is None for v in values) for name, values in self.per_reward.items()}
-
-
-def _as_spec(spec: RewardSpec | tuple | Mapping[str, Any]) -> RewardSpec:
+def as_spec(spec: RewardSpec | tuple | Mapping[str, Any]) -> RewardSpec:
+    """A ``RewardSpec`` from itself, ``(name[, weight[, options]])`` or ``{name, weight, options}``."""
     if isinstance(spec, RewardSpec):
         return spec
     if isinstance(spec, Mapping):
         return RewardSpec(spec["name"], spec.get("weight", 1.0), dict(spec.get("options") or {}))
     if isinstance(spec, tuple) and 1 <= len(spec) <= 3:
-        return RewardSpec(*spec)
+        name, weight, options = spec + (1.0, {})[len(spec) - 1:]
+        return RewardSpec(name, weight, dict(options))
     raise RewardConfigError(f"reward spec must be RewardSpec, (name, weight, options) or a mapping, got {spec!r}")
 
 
-def combine_rewards(
-    specs: Sequence[RewardSpec | tuple | Mapping[str, Any]],
-    completions: Sequence[str],
-    columns: Mapping[str, Sequence[Any]],
-) -> CombinedRewards:
-    """Evaluate each configured reward on the batch and sum them with their weights.
+def spec_problems(specs: Sequence[RewardSpec]) -> list[tuple[int, str, str]]:
+    """``(index, field, message)`` for each problem of the configured rewards, none run.
 
-    specs: ``RewardSpec``s, ``(name, weight, options)`` tuples or ``{name, weight, options}`` maps;
-        each name appears once (per-reward logs are keyed by name).
-    completions: N generated texts.  columns: dataset columns, each a list of length N.
+    field is ``name`` (unknown name or plugin path, given twice), ``weight`` (not a finite
+    number) or ``options`` (unknown option name, bad value per the reward's check hook).
     """
-    parsed = [_as_spec(s) for s in specs]
-    names = [s.name for s in parsed]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise RewardConfigError(f"reward(s) {dupes} configured twice; give each reward once")
-    n = len(completions)
-    total = [0.0] * n
-    per_reward: dict[str, list[float | None]] = {}
-    for spec in parsed:
-        fn = get_reward(spec.name, **spec.options)
-        values = check_output(spec.name, fn(list(completions), **columns), n)
-        per_reward[spec.name] = values
-        for i, v in enumerate(values):
-            if v is not None:
-                total[i] += spec.weight * v
-    skipped_everywhere = sum(all(per_reward[s.name][i] is None for s in parsed) for i in range(n))
-    if parsed and skipped_everywhere:
-        logger.warning("%d of %d completions have no applicable reward; their total is 0.0", skipped_everywhere, n)
-    return CombinedRewards(total=total, per_reward=per_reward)
+    problems: list[tuple[int, str, str]] = []
+    seen: dict[str, int] = {}
+    for i, spec in enumerate(specs):
+        if spec.name in seen:
+            problems.append((i, "name", f"reward {spec.name!r} is configured twice (first at index {seen[spec.name]})"))
+        seen.setdefault(spec.name, i)
+        w = spec.weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            problems.append((i, "weight", f"must be a finite number, got {w!r}"))
+        try:
+            fn = _resolve(spec.name)
+        except RewardError as exc:
+            problems.append((i, "name", str(exc)))
+            continue
+        options = dict(spec.options or {})
+        try:
+            _check_options(spec.name, fn, options)
+            check = getattr(fn, "reward_check_options", None)
+            if check is not None:
+                check(**options)
+        except RewardError as exc:
+            problems.append((i, "options", str(exc)))
+    return problems
+
+
+def check_specs(specs: Sequence[RewardSpec | tuple | Mapping[str, Any]]) -> list[RewardSpec]:
+    """``specs`` as RewardSpecs; the first problem of ``spec_problems`` raises RewardConfigError."""
+    parsed = [as_spec(s) for s in specs]
+    problems = spec_problems(parsed)
+    if problems:
+        i, key, msg = problems[0]
+        raise RewardConfigError(f"rewards[{i}].{key}: {msg}")
+    return parsed

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from . import similarity
 from .judge import ChatRequest, JudgeConfig, JudgeParseError, judge_client
-from .registry import RewardInputError, column, register_reward
+from .registry import RewardConfigError, RewardInputError, column, register_reward
 from .text import last_block
 
 EXTRACT_SYSTEM = (
@@ -160,7 +160,38 @@ def _gt_claims(value: object, index: int) -> list[Claim] | None:
     return claims_from_mapping(value) or None
 
 
-@register_reward("tar")
+def _check_tar_options(
+    *,
+    base_url: str | None = None,
+    model: str | None = None,
+    api_key_env: str = "OPENAI_API_KEY",
+    timeout_s: float = 10.0,
+    max_retries: int = 3,
+    backoff_s: float = 0.5,
+    concurrency: int = 16,
+    temperature: float | None = None,
+    buffer_seconds: float = 2.0,
+    similarity_threshold: float = 0.75,
+) -> JudgeConfig:
+    """The judge config of the options (RewardConfigError for a bad value); run at config load too."""
+    if not isinstance(buffer_seconds, (int, float)) or not math.isfinite(buffer_seconds) or buffer_seconds < 0:
+        raise RewardConfigError(f"reward 'tar': buffer_seconds must be a finite number >= 0, got {buffer_seconds!r}")
+    if not isinstance(similarity_threshold, (int, float)) or not -1.0 <= similarity_threshold <= 1.0:
+        raise RewardConfigError(f"reward 'tar': similarity_threshold must be in [-1, 1], got {similarity_threshold!r}")
+    return JudgeConfig(
+        base_url=base_url or "",
+        model=model or "",
+        api_key_env=api_key_env,
+        timeout_s=timeout_s,
+        max_retries=max_retries,
+        backoff_s=backoff_s,
+        concurrency=concurrency,
+        temperature=temperature,
+    )
+
+
+# background: the judge's network round trips overlap the trainer's logprob passes
+@register_reward("tar", check_options=_check_tar_options, background=True)
 def tar(
     completions: list[str],
     *,
@@ -181,15 +212,10 @@ def tar(
     columns: ``temporal_grounding`` ({timestamp key: sentence} per row; None = not applicable),
     ``question`` (optional, shown to the consistency judge).
     """
-    config = JudgeConfig(
-        base_url=base_url or "",
-        model=model or "",
-        api_key_env=api_key_env,
-        timeout_s=timeout_s,
-        max_retries=max_retries,
-        backoff_s=backoff_s,
-        concurrency=concurrency,
-        temperature=temperature,
+    config = _check_tar_options(
+        base_url=base_url, model=model, api_key_env=api_key_env, timeout_s=timeout_s, max_retries=max_retries,
+        backoff_s=backoff_s, concurrency=concurrency, temperature=temperature, buffer_seconds=buffer_seconds,
+        similarity_threshold=similarity_threshold,
     )
     n = len(completions)
     grounding = column(columns, "temporal_grounding", n, "tar")

@@ -29,6 +29,9 @@ __all__ = [
     "tiny_hf_model",
     "save_tiny_hf",
     "tiny_vl_batch",
+    "ROLLOUT_SHAPES",
+    "save_tiny_rollout_dir",
+    "save_rollout_dir",
 ]
 
 # Token ids of the tiny vocabulary (they must be < vocab_size).
@@ -79,6 +82,23 @@ TINY_SHAPES: dict[str, dict[str, Any]] = {
     },
 }
 
+# Shapes for the rollout engines, kept out of TINY_SHAPES (whose tests use the tiny 129-token
+# vocabulary and the ids above). vLLM's CPU attention kernels need head_dim in {32, 64, 80, ...}:
+# 128 hidden / 4 heads = 32, mrope_section sums to head_dim / 2. The vocabulary and special ids are
+# those of `data.testing.build_tiny_tokenizer()` (256 bytes, then Qwen's 14 specials at 256..269),
+# so vLLM can load the tokenizer next to the model and the data pipeline's token ids are the model's.
+ROLLOUT_SHAPES: dict[str, dict[str, Any]] = {
+    "vllm": {
+        "text": {"vocab_size": 270, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
+                 "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048,
+                 "bos_token_id": 256, "eos_token_id": 258,
+                 "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]}},
+        "vision": {"depth": 2, "hidden_size": 64, "intermediate_size": 128, "fullatt_block_indexes": [1]},
+        "image_token_id": 268, "video_token_id": 269, "vision_start_token_id": 265, "vision_end_token_id": 266,
+        "bos_token_id": 256, "eos_token_id": 258,
+    },
+}
+
 
 def tiny_hf_config(*, tie_word_embeddings: bool = False, text: dict | None = None, vision: dict | None = None, **top):
     """A small ``Qwen2_5_VLConfig`` (fp32, eager attention).
@@ -90,15 +110,13 @@ def tiny_hf_config(*, tie_word_embeddings: bool = False, text: dict | None = Non
 
     text_cfg = {**copy.deepcopy(_TEXT), **(text or {})}
     vision_cfg = {**copy.deepcopy(_VISION), "out_hidden_size": text_cfg["hidden_size"], **(vision or {})}
+    token_ids = dict(image_token_id=IMAGE_TOKEN_ID, video_token_id=VIDEO_TOKEN_ID,
+                     vision_start_token_id=VISION_START_TOKEN_ID, vision_end_token_id=VISION_END_TOKEN_ID)
     cfg = Qwen2_5_VLConfig(
         text_config=text_cfg,
         vision_config=vision_cfg,
-        image_token_id=IMAGE_TOKEN_ID,
-        video_token_id=VIDEO_TOKEN_ID,
-        vision_start_token_id=VISION_START_TOKEN_ID,
-        vision_end_token_id=VISION_END_TOKEN_ID,
         tie_word_embeddings=tie_word_embeddings,
-        **top,
+        **{**token_ids, **top},
     )
     for c in (cfg, cfg.text_config, cfg.vision_config):
         c._attn_implementation = "eager"
@@ -178,3 +196,36 @@ def tiny_vl_batch(config, seed: int = 0, second_per_grid_t: float = 1.5) -> dict
         "video_grid_thw": torch.tensor(vid_grids),
         "second_per_grid_ts": torch.tensor([second_per_grid_t] * len(vid_grids)),
     }
+
+
+def save_tiny_rollout_dir(directory: str | Path, seed: int = 0, shape: str = "vllm"):
+    """A complete HF model directory a rollout engine (vLLM) can load: model (``ROLLOUT_SHAPES[shape]``,
+    safetensors), the tiny byte-level tokenizer with Qwen's chat template, ``generation_config.json``
+    (EOS = ``<|im_end|>``) and image/video processor configs. Returns the HF model (fp32, eval)."""
+
+    model = tiny_hf_model(seed=seed, **ROLLOUT_SHAPES[shape])
+    save_rollout_dir(directory, model)
+    return model
+
+
+def save_rollout_dir(directory: str | Path, model) -> None:
+    """Writes ``model`` (an HF Qwen2.5-VL whose special ids are the tiny tokenizer's) with the files
+    vLLM needs next to it: tokenizer, ``generation_config.json``, image/video processor configs."""
+    import json
+
+    from megatron_vrft.data.testing import build_tiny_tokenizer
+
+    directory = Path(directory)
+    model.generation_config.eos_token_id = model.config.text_config.eos_token_id
+    model.generation_config.bos_token_id = model.config.text_config.bos_token_id
+    model.save_pretrained(str(directory), safe_serialization=True)
+    build_tiny_tokenizer().save_pretrained(str(directory))
+    norm = dict(image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
+                rescale_factor=1 / 255, do_convert_rgb=True, do_normalize=True, do_rescale=True, do_resize=True,
+                patch_size=14, temporal_patch_size=2, merge_size=2, processor_class="Qwen2_5_VLProcessor",
+                min_pixels=56 * 56, max_pixels=28 * 28 * 1280,
+                size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280})
+    (directory / "preprocessor_config.json").write_text(
+        json.dumps({**norm, "image_processor_type": "Qwen2VLImageProcessor"}, indent=2))
+    (directory / "video_preprocessor_config.json").write_text(
+        json.dumps({**norm, "video_processor_type": "Qwen2VLVideoProcessor", "do_sample_frames": False}, indent=2))

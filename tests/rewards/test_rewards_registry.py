@@ -20,7 +20,7 @@ from megatron_vrft.rewards import (
 )
 from megatron_vrft.rewards import registry
 
-BUILT_INS = {"accuracy", "format", "format_v2", "refuse_iou", "explain_correction", "iou_v2", "mc_accuracy", "tar"}
+BUILT_INS = {"accuracy", "format", "format_v2", "think_answer_format", "refuse_iou", "explain_correction", "iou_v2", "mc_accuracy", "tar"}
 
 
 def test_built_ins_are_registered():
@@ -112,8 +112,8 @@ def test_combine_options_and_validation(monkeypatch):
     assert out.total == [1.0]
     with pytest.raises(RewardConfigError, match="configured twice"):
         combine_rewards([("format", 1.0), ("format", 2.0)], ["x"], {})
-    with pytest.raises(RewardConfigError, match="weight must be a finite number"):
-        RewardSpec("format", math.nan)
+    with pytest.raises(RewardConfigError, match=r"rewards\[0\].weight: must be a finite number"):
+        combine_rewards([RewardSpec("format", math.nan)], ["x"], {})
 
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     register_reward("bad_len")(lambda completions, **kw: [1.0])

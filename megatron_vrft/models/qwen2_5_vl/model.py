@@ -9,6 +9,12 @@
   computes them per sample, before packing).
 - Last stage: logits over the TP-padded vocabulary with the padding masked out, or the per-token
   loss when ``labels`` are given.
+- Media reuse (GRPO): the ViT sees each distinct image/video once. ``image_index`` / ``video_index``
+  map every image / video of the batch (in token order) to one of the distinct media given, so the
+  G completions of a prompt share one vision pass; ``encode_vision`` returns the embeddings of
+  distinct media (``VisionEmbeddings``), which a forward can take instead of pixels (a frozen ViT's
+  outputs computed once per step serve the old-logprob, reference and update passes).
+  ``vision_calls`` counts ViT forward calls.
 Under PP the module follows mcore's contract for ``get_forward_backward_func`` (``set_input_tensor``,
 ``config``, ``model_type``, the tied-embedding accessors used by ``finalize_model_grads``).
 
@@ -17,6 +23,7 @@ Parameter names and their HF sources are listed in MODEL_CONTRACT.md; ``weights.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -32,12 +39,26 @@ from megatron_vrft.models.attention import SDPACoreAttention
 from megatron_vrft.models.qwen2_5_vl.config import Qwen25VLMcoreConfig, mcore_configs
 from megatron_vrft.models.qwen2_5_vl.vision import Qwen25VisionModel
 
-__all__ = ["Qwen25VLModel", "MASKED_LOGIT"]
+__all__ = ["Qwen25VLModel", "VisionEmbeddings", "MASKED_LOGIT"]
 
 # Logit given to the vocabulary padding rows: exp() underflows to exactly 0 in fp32/bf16, so the
 # padding never takes probability mass, while staying finite (p * log p stays 0, never NaN, and a
 # temperature division cannot overflow it to -inf).
 MASKED_LOGIT = -1.0e4
+
+
+@dataclass
+class VisionEmbeddings:
+    """ViT outputs of distinct media: one ``[tokens, H]`` tensor per image and per video, in the
+    order they were encoded. ``projected=False``: the merger's input (``[tokens, hidden·merge²]``,
+    ViT blocks frozen, merger trained), projected by the forward that uses them."""
+
+    images: list[torch.Tensor] = field(default_factory=list)
+    videos: list[torch.Tensor] = field(default_factory=list)
+    projected: bool = True
+
+    def detach(self) -> "VisionEmbeddings":
+        return VisionEmbeddings([t.detach() for t in self.images], [t.detach() for t in self.videos], self.projected)
 
 
 class Qwen25VLModel(MegatronModule):
@@ -54,7 +75,8 @@ class Qwen25VLModel(MegatronModule):
 
     Attributes: ``hf_config`` (what ``live.load_into_model`` / ``live.export_hf_state`` take),
     ``mcore_config`` (the built ``Qwen25VLMcoreConfig``), ``vision_model`` (None off stage 0),
-    ``language_model`` (the ``GPTModel``), ``pre_process`` / ``post_process`` (first / last stage).
+    ``language_model`` (the ``GPTModel``), ``pre_process`` / ``post_process`` (first / last stage),
+    ``vision_calls`` (ViT forward calls so far; benchmarks read it).
     """
 
     def __init__(
@@ -87,6 +109,7 @@ class Qwen25VLModel(MegatronModule):
         self.vision_model = (
             Qwen25VisionModel(cfg.vision, cfg.projection, cfg.vision_spec) if self.pre_process else None
         )
+        self.vision_calls = 0
         spec = get_gpt_layer_local_spec(normalization="RMSNorm")
         spec.submodules.self_attention.submodules.core_attention = SDPACoreAttention
         self.language_model = GPTModel(
@@ -127,6 +150,9 @@ class Qwen25VLModel(MegatronModule):
         video_grid_thw: Optional[torch.Tensor] = None,
         packed_seq_params: Optional[PackedSeqParams] = None,
         runtime_gather_output: bool = False,
+        image_index: Optional[torch.Tensor] = None,
+        video_index: Optional[torch.Tensor] = None,
+        vision_embeddings: Optional[VisionEmbeddings] = None,
     ) -> torch.Tensor:
         """One PP stage of the forward pass.
 
@@ -141,6 +167,9 @@ class Qwen25VLModel(MegatronModule):
             pixel_values / pixel_values_videos: ``[Σ t·h·w, C·Tp·P·P]`` patches, with
                 ``image_grid_thw`` / ``video_grid_thw`` ``[n, 3]``; first stage only.
             runtime_gather_output: gather the logits over TP (and slice off the vocab padding).
+            image_index / video_index: ``[n]`` int64, for each image / video of the batch in token
+                order, which of the given distinct media it is (None = each given medium once, in order).
+            vision_embeddings: distinct media already encoded (``encode_vision``), instead of pixels.
         Returns:
             non-last stage: hidden states ``[S, B, H]`` for the next stage;
             last stage, no labels: logits ``[B, S, V_padded / TP]`` (padding = ``MASKED_LOGIT``), or
@@ -148,7 +177,11 @@ class Qwen25VLModel(MegatronModule):
         """
         decoder_input = None
         if self.pre_process:
-            decoder_input = self._embed(input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
+            if vision_embeddings is not None and (pixel_values is not None or pixel_values_videos is not None):
+                raise ValueError("give either pixel values or vision_embeddings, not both")
+            if vision_embeddings is None:
+                vision_embeddings = self.encode_vision(pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
+            decoder_input = self._embed(input_ids, vision_embeddings, image_index, video_index)
         out = self.language_model(
             input_ids=None,
             position_ids=position_ids,
@@ -167,29 +200,62 @@ class Qwen25VLModel(MegatronModule):
         loss = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), labels.masked_fill(ignore, 0))
         return loss.masked_fill(ignore, 0.0)
 
-    def _embed(self, input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw) -> torch.Tensor:
+    def encode_vision(
+        self,
+        pixel_values: Optional[torch.Tensor] = None,
+        image_grid_thw: Optional[torch.Tensor] = None,
+        pixel_values_videos: Optional[torch.Tensor] = None,
+        video_grid_thw: Optional[torch.Tensor] = None,
+        *,
+        project: bool = True,
+    ) -> VisionEmbeddings:
+        """One ViT call over the given images and videos (attention never crosses a frame or a
+        window, so batching them changes nothing); the result split per image and per video."""
+        media = [("image", pixel_values, image_grid_thw), ("video", pixel_values_videos, video_grid_thw)]
+        for kind, pixels, grid in media:
+            if (pixels is None) != (grid is None):
+                raise ValueError(f"{kind}: pixel values and grid_thw must be given together")
+        present = [(p, torch.as_tensor(g).reshape(-1, 3)) for _, p, g in media if p is not None]
+        out = VisionEmbeddings(projected=project)
+        if not present:
+            return out
+        if self.vision_model is None:
+            raise ValueError("the vision tower lives on the first pipeline stage only")
+        self.vision_calls += 1
+        feats = self.vision_model(torch.cat([p for p, _ in present]), torch.cat([g for _, g in present]), project=project)
+        parts = list(feats.split([int(n) // self.vision_model.merge_unit for _, g in present for n in g.prod(-1)]))
+        n_images = len(present[0][1]) if pixel_values is not None else 0
+        out.images, out.videos = parts[:n_images], parts[n_images:]
+        return out
+
+    def _embed(self, input_ids, vision: VisionEmbeddings, image_index, video_index) -> torch.Tensor:
         """Token embeddings with the ViT outputs at the media pad tokens: ``[S, B, H]``."""
         cfg = self.mcore_config
         emb = self.language_model.embedding(input_ids=input_ids, position_ids=None)  # [S, B, H]
-        media = [
-            (cfg.image_token_id, "image", pixel_values, image_grid_thw),
-            (cfg.video_token_id, "video", pixel_values_videos, video_grid_thw),
-        ]
-        present = [m for m in media if m[2] is not None]
-        for token_id, kind, pixels, grid in media:
-            if (pixels is None) != (grid is None):
-                raise ValueError(f"{kind}: pixel values and grid_thw must be given together")
-            if pixels is None and bool((input_ids == token_id).any()):
-                raise ValueError(f"input_ids contain {kind} pad tokens (id {token_id}) but no {kind} pixels were given")
-        if present:
-            # One ViT call for all images and videos: attention never crosses a frame or window.
-            feats = self.vision_model(
-                torch.cat([p for _, _, p, _ in present]), torch.cat([torch.as_tensor(g).reshape(-1, 3) for *_, g in present])
-            )
-            sizes = [int(torch.as_tensor(g).reshape(-1, 3).prod(-1).sum()) // self.vision_model.merge_unit for *_, g in present]
+        media = []
+        for token_id, kind, distinct, index in (
+            (cfg.image_token_id, "image", vision.images, image_index),
+            (cfg.video_token_id, "video", vision.videos, video_index),
+        ):
+            if index is not None:
+                index = torch.as_tensor(index).reshape(-1).tolist()
+                if any(not 0 <= i < len(distinct) for i in index):
+                    raise ValueError(f"{kind}_index {index} refers past the {len(distinct)} {kind}(s) given")
+            chosen = [distinct[i] for i in index] if index is not None else distinct
+            if not chosen:
+                if bool((input_ids == token_id).any()):
+                    raise ValueError(f"input_ids contain {kind} pad tokens (id {token_id}) but no {kind} pixels were given")
+                continue
+            media.append((token_id, kind, torch.cat(chosen)))
+        if media and not vision.projected:
+            # The merger works row by row: project the rows of the batch in one call.
+            sizes = [part.shape[0] for *_, part in media]
+            projected = self.vision_model.projection(torch.cat([part for *_, part in media])).split(sizes)
+            media = [(t, k, p) for (t, k, _), p in zip(media, projected)]
+        if media:
             # Merge in [B, S, H] order: HF's masked_scatter fills pad tokens batch-major.
             emb = emb.transpose(0, 1)
-            for (token_id, kind, _, _), part in zip(present, feats.split(sizes)):
+            for token_id, kind, part in media:
                 mask = input_ids == token_id
                 n_tokens = int(mask.sum())
                 if n_tokens != part.shape[0]:

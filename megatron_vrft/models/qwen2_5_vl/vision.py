@@ -184,9 +184,11 @@ class Qwen25VisionModel(MegatronModule):
         )
         self.full_attention = frozenset(spec.fullatt_block_indexes)
 
-    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, *, project: bool = True) -> torch.Tensor:
         """pixel_values: ``[N, C·Tp·P·P]`` patches in the processor's order, N = Σ t·h·w over grid_thw
-        ``[n, 3]``. Returns the merged embeddings ``[N / merge², out_hidden]`` in the same order."""
+        ``[n, 3]``. Returns the merged embeddings ``[N / merge², out_hidden]`` in the same order, or
+        with ``project=False`` the merger's input ``[N / merge², hidden·merge²]`` (the frozen part
+        when only the ViT blocks are frozen; ``projection`` maps it row by row)."""
         spec, unit = self.spec, self.merge_unit
         grid_thw = torch.as_tensor(grid_thw).reshape(-1, 3)
         n = int(grid_thw.prod(-1).sum())
@@ -208,6 +210,7 @@ class Qwen25VisionModel(MegatronModule):
             # layer_number is 1-based and global (the ViT is never split by PP).
             params = full if layer.layer_number - 1 in self.full_attention else window
             x, _ = layer(x, attention_mask=None, rotary_pos_emb=rope, packed_seq_params=params)
-        x = self.decoder.final_layernorm(x)
-        x = self.projection(x.reshape(n // unit, -1))
-        return x[torch.argsort(order)]
+        x = self.decoder.final_layernorm(x).reshape(n // unit, -1)
+        if not project:
+            return x[torch.argsort(order)]
+        return self.projection(x)[torch.argsort(order)]
