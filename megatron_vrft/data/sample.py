@@ -140,10 +140,6 @@ class Sample:
             return self.messages[:-1]
         return list(self.messages)
 
-    def reward_columns(self) -> dict[str, Any]:
-        """The columns a reward function receives for this sample."""
-        return dict(self.columns)
-
     def with_visuals(self, decode: Callable[[MediaRef], Visual] | None = None) -> "Sample":
         """A copy with every media item decoded (`decode_media` by default).
 
