@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 
 from megatron_vrft.checkpoint.atomic import CheckpointError, atomic_dir
 from megatron_vrft.config import ConfigError
@@ -122,7 +123,7 @@ def load_initial_weights(cfg: Any, model_chunks: list, hf_config: Any) -> str:
             live.load_into_model(getattr(model_chunks[0], "module", model_chunks[0]), ck.get, hf_config,
                                  first_stage_layers=fsl)
             ck.close()
-    except Exception as e:  # noqa: BLE001 - shared with every rank, named by path
+    except (Exception, CheckpointException) as e:  # noqa: BLE001 - shared with every rank, named by path
         error = PretrainedPathError(f"{key}={path}: cannot load its {kind} weights: {str(e).splitlines()[0]}")
     agree(error, f"loading the initial weights from {path}")
     return f"{kind} weights from {path} ({key})"
