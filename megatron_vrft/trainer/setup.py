@@ -117,7 +117,7 @@ def _stream(cfg: RunConfig, path: str, tokenizer, hf_config, replica, *, train: 
     from megatron_vrft.data.loader import SampleDataset
     from megatron_vrft.data.template import VisionTokenIds
     from megatron_vrft.models.qwen2_5_vl.rope_index import RopeIndexConfig
-    from megatron_vrft.trainer.data import StepStream
+    from megatron_vrft.trainer.data import SFTItems, StepStream
 
     d, v = cfg.data, cfg.data.video
     video = {k: getattr(v, k) for k in ("fps", "nframes", "min_pixels", "max_pixels", "total_pixels", "max_frames")
@@ -129,8 +129,8 @@ def _stream(cfg: RunConfig, path: str, tokenizer, hf_config, replica, *, train: 
         options["system_prompt"] = d.system_prompt
     samples, _ = load_samples(path, d.format, d.media_root, mode="sft", video_options=video,
                               image_options=image, **options)
-    dataset = SampleDataset(samples, tokenizer, RopeIndexConfig.from_hf_config(hf_config), task="sft",
-                            max_length=d.max_seq_len)
+    dataset = SFTItems(SampleDataset(samples, tokenizer, RopeIndexConfig.from_hf_config(hf_config), task="sft",
+                                     max_length=d.max_seq_len), param_dtype(cfg.model.dtype))
     pad = VisionTokenIds.from_tokenizer(tokenizer).pad
     return StepStream(dataset, replica, local_batch=d.global_batch_size // replica.dp_size,
                       epochs=cfg.sft.epochs if train else 1, seed=cfg.seed, shuffle=d.shuffle and train,
