@@ -1,7 +1,8 @@
 """Eval: candidate answers for classification samples, and ``sft.eval_only`` through run_sft.py on
 synthetic Robo2VLM multiple-choice data, checked against transformers: the eval loss is HF's
 token-mean loss over the same sequences, and the accuracy is the share of samples whose gold
-choice has HF's highest reply log-likelihood (fp32)."""
+choice has HF's highest reply log-likelihood (fp32). One process (TP=2 and PP=2 give the same
+eval.json; checked by hand, see the report of issue 13)."""
 
 import json
 import subprocess
@@ -75,7 +76,7 @@ def test_eval_only_matches_hf(tmp_path):
                              "video": {"fps": 2.0, "min_pixels": 3136, "max_pixels": 12544,
                                        "image_min_pixels": 3136, "image_max_pixels": 12544}},
                        sft={"eval_only": True}, checkpoint={"save_dir": None})
-    run_sft(cfg, ["parallel.tp=2"], nproc=2)
+    run_sft(cfg)
     result = json.loads((tmp_path / "out" / "eval.json").read_text())
     assert result["step"] == 0 and result["eval/samples"] == 8 and result["eval/accuracy_samples"] == 8
     records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
