@@ -51,7 +51,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from megatron_vrft.checkpoint.atomic import COMPLETE, CheckpointError, atomic_dir, is_complete
 from megatron_vrft.checkpoint.safe_load import verify_dist_checkpoint, weights_only_loads
 from megatron_vrft.models.qwen2_5_vl import weights as W
-from megatron_vrft.trainer.weights_io import PretrainedPathError, export_hf, load_initial_weights
+from megatron_vrft.trainer.weights_io import PretrainedPathError, architecture_diff, export_hf, load_initial_weights
 
 __all__ = [
     "FORMAT", "STATE_FILE", "save_checkpoint", "resume_if_any", "load_checkpoint", "load_model_from_checkpoint",
@@ -104,11 +104,6 @@ def _broadcast(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 # ---- what a checkpoint holds ------------------------------------------------------------------
@@ -367,11 +362,9 @@ def save_checkpoint(run: Any) -> Path:
 
 # ---- loading ------------------------------------------------------------------------------------
 def _check_compatible(state: dict, run: Any, path: Path) -> None:
-    mine, theirs = W.model_dims(run.hf_config), W.model_dims(state["hf_config"])
-    if mine != theirs:
-        diff = [f"{k} {getattr(theirs, k)} vs {getattr(mine, k)}" for k in mine.__dataclass_fields__
-                if getattr(mine, k) != getattr(theirs, k)]
-        raise CheckpointError(f"{path} holds another architecture than this run's model: {', '.join(diff[:4])}")
+    diff = architecture_diff(run.hf_config, state["hf_config"])
+    if diff:
+        raise CheckpointError(f"{path} holds another architecture than this run's model: {diff}")
     padded = _unwrap(run.model[0]).mcore_config.padded_vocab_size
     if state["padded_vocab_size"] != padded:
         raise CheckpointError(

@@ -30,14 +30,15 @@ from megatron_vrft.checkpoint.atomic import CheckpointError, atomic_dir
 from megatron_vrft.config import ConfigError
 from megatron_vrft.models.qwen2_5_vl import weights as W
 
-__all__ = ["PretrainedPathError", "resolve_initial_weights", "load_initial_weights", "export_hf"]
+__all__ = ["PretrainedPathError", "architecture_diff", "resolve_initial_weights", "load_initial_weights", "export_hf"]
 
 
 class PretrainedPathError(ConfigError):
     """A weights path that is set but unusable; the message is one line naming the key and path."""
 
 
-def _dims_diff(mine: Any, theirs: Any) -> str:
+def architecture_diff(mine: Any, theirs: Any) -> str:
+    """The first few sizes in which HF config ``theirs`` differs from ``mine`` ("" when none)."""
     a, b = W.model_dims(mine), W.model_dims(theirs)
     diff = [f"{k} {getattr(b, k)} (run: {getattr(a, k)})" for k in a.__dataclass_fields__ if getattr(a, k) != getattr(b, k)]
     return ", ".join(diff[:4])
@@ -80,7 +81,7 @@ def resolve_initial_weights(cfg: Any, hf_config: Any) -> tuple[str, str, Path]:
                 wanted = {"trainer": f"a trainer checkpoint ({STATE_FILE})", "hf": "an HF directory (config.json)",
                           "mcore": f"a converted mcore checkpoint ({METADATA})"}
                 raise CheckpointError("is not " + " or ".join(wanted[k] for k in kinds))
-            diff = _dims_diff(hf_config, theirs)
+            diff = architecture_diff(hf_config, theirs)
             if diff:
                 raise CheckpointError(f"holds another architecture than the run's model: {diff}")
         except (CheckpointError, W.WeightMapError, OSError, ValueError) as e:
