@@ -2,7 +2,7 @@
 hand-written HF loop (transformers ``Qwen2_5_VLForConditionalGeneration``, padded micro-batches,
 ``torch.optim.AdamW``, ``clip_grad_norm_``), same tiny model, same samples, same batch, on CPU.
 
-    python bench/bench_sft.py [--steps 8] [--warmup 2] [--repeats 3] [--threads 1] [--one-micro-batch]
+    python bench/bench_sft.py [--steps 8] [--warmup 2] [--repeats 3] [--threads 1] [--one-micro-batch] [--small]
 
 Both sides get the same pre-decoded steps (global batch 4 = 2 micro-batches of 2 samples, gradient
 accumulation over them; with ``--one-micro-batch`` one micro-batch of 4: a single THD row for us, a
@@ -68,6 +68,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (both sides)")
+    parser.add_argument("--small", action="store_true",
+                        help="bench_model.py's wider model (make_tiny_model.py --small) and 224x224 frames")
     parser.add_argument("--one-micro-batch", action="store_true",
                         help="the whole step in one micro-batch: ours one THD row (data.pack_tokens), HF one padded batch of 4")
     args = parser.parse_args()
@@ -82,7 +84,14 @@ def main() -> int:
 
     n_steps = args.warmup + args.steps
     with tempfile.TemporaryDirectory() as tmp:
-        path = write_tiny_sft(Path(tmp), num=8, sft={"epochs": 100})
+        video = {"min_pixels": 224 * 224, "max_pixels": 224 * 224} if args.small else {}
+        path = write_tiny_sft(Path(tmp), num=8, small=args.small, sft={"epochs": 100})
+        if video:  # the YAML's video section, widened
+            import yaml
+
+            raw = yaml.safe_load(path.read_text())
+            raw["data"]["video"].update(video)
+            path.write_text(yaml.safe_dump(raw))
         overrides = [f"sft.max_steps={n_steps * args.repeats}"]
         if args.one_micro_batch:
             overrides.append("data.pack_tokens=4096")

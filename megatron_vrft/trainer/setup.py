@@ -152,7 +152,7 @@ def _total_steps(cfg: RunConfig, stream) -> int:
 
 def build(cfg: RunConfig) -> Run:
     """Builds the run for ``cfg`` on this rank (collective: every rank of the job calls it)."""
-    from megatron_vrft.trainer._pending import load_initial_weights
+    from megatron_vrft.trainer.checkpoint import load_initial_weights
     from megatron_vrft.trainer.data import replica_layout
     from megatron_vrft.trainer.metrics import MetricsLogger, NonFiniteGuard, Timers
     from megatron_vrft.trainer.optim import build_optimizer, build_scheduler, freeze_modules
