@@ -48,7 +48,7 @@ NOISE = 12  # +- per pixel and channel, every frame
 
 @dataclass
 class TaskSizes:
-    sft: int = 64
+    sft: int = 128
     grpo: int = 512
     heldout: int = 200
 
