@@ -131,8 +131,11 @@ class VLLMEngine:
         self.sleep_mode = bool(rollout_cfg.sleep_mode) and on_gpu
         self.asleep = False
         limit = int(rollout_cfg.max_media_per_prompt)
+        dtypes = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
+        if dtype not in dtypes:
+            raise RolloutError(f"vLLM engine dtype must be float32 or bfloat16 (model.dtype fp32 / bf16), got {dtype}")
         kw: dict[str, Any] = dict(
-            model=model_dir, dtype={torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype], seed=seed,
+            model=model_dir, dtype=dtypes[dtype], seed=seed,
             enforce_eager=bool(rollout_cfg.enforce_eager) or not on_gpu, max_model_len=int(rollout_cfg.max_model_len),
             tensor_parallel_size=int(rollout_cfg.tensor_parallel_size),
             limit_mm_per_prompt={"image": limit, "video": limit},

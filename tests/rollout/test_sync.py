@@ -15,6 +15,7 @@ two steps (the second changes only the LLM; frozen vision weights are not sent a
 
 import pytest
 import torch
+from _helpers import max_gap, perturbed
 
 pytest.importorskip("vllm")
 
@@ -74,7 +75,6 @@ def sync_worker(rank, model_dir, items, hf_state):
     from megatron_vrft.rollout.hf import HFEngine
     from megatron_vrft.rollout.sync import WeightSync
     from megatron_vrft.rollout.vllm import VLLMEngine
-    from _helpers import max_gap, perturbed
 
     cfg = Qwen2_5_VLConfig.from_pretrained(model_dir)
     out = []
