@@ -1,12 +1,16 @@
 """Write a tiny random Qwen2.5-VL in HF format (config.json + safetensors) for demos and CPU checks.
 
     python tools/make_tiny_model.py --out outputs/demo/hf [--seed 0] [--tied] [--tokenizer]
+    python tools/make_tiny_model.py --out outputs/tiny/hf --rollout     # GRPO: loadable by vLLM too
 
 Nothing is downloaded: the architecture comes from ``megatron_vrft.testing.tiny_qwen`` (2 vision
 blocks with one full-attention block, GQA language model, mRoPE), the weights from ``--seed``.
 ``--tokenizer`` also writes the tiny byte-level tokenizer with Qwen2.5-VL's special tokens
 (``megatron_vrft.data.testing``) and sizes the vocabulary and the vision token ids to it, so the
-directory is a complete ``model.hf_path`` for the trainer (``examples/run_sft.py``).
+directory is a complete ``model.hf_path`` for the trainer (``examples/run_sft.py``). ``--rollout``
+writes the rollout-engine shape instead (``tiny_qwen.ROLLOUT_SHAPES["vllm"]``: head_dim 32, which
+vLLM's CPU kernels need) with tokenizer, generation and processor configs: a ``model.hf_path`` for
+``examples/run_grpo.py`` on either engine (examples/configs/tiny/*.yaml).
 """
 
 import argparse
@@ -35,7 +39,15 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="weight seed")
     parser.add_argument("--tied", action="store_true", help="tie input and output embeddings (like the 3B)")
     parser.add_argument("--tokenizer", action="store_true", help="also write the tiny tokenizer (trainer-ready directory)")
+    parser.add_argument("--rollout", action="store_true", help="the rollout-engine shape, loadable by vLLM and the trainer")
     args = parser.parse_args()
+    if args.rollout:
+        from megatron_vrft.testing.tiny_qwen import save_tiny_rollout_dir
+
+        model = save_tiny_rollout_dir(args.out, seed=args.seed)
+        print(f"wrote {args.out}: tiny Qwen2.5-VL (rollout shape), {sum(p.numel() for p in model.parameters()):,} "
+              "parameters + tokenizer")
+        return 0
     text, tok = {}, None
     if args.tokenizer:
         from megatron_vrft.data.testing import build_tiny_tokenizer, vocab_size_of
