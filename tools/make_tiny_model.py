@@ -1,6 +1,7 @@
 """Write a tiny random Qwen2.5-VL in HF format (config.json + safetensors) for demos and CPU checks.
 
     python tools/make_tiny_model.py --out outputs/demo/hf [--seed 0] [--tied] [--tokenizer] [--small]
+    python tools/make_tiny_model.py --out outputs/tiny/hf --rollout     # GRPO: loadable by vLLM too
 
 Nothing is downloaded: the architecture comes from ``megatron_vrft.testing.tiny_qwen`` (2 vision
 blocks with one full-attention block, GQA language model, mRoPE), the weights from ``--seed``.
@@ -8,6 +9,9 @@ blocks with one full-attention block, GQA language model, mRoPE), the weights fr
 (``megatron_vrft.data.testing``) and sizes the vocabulary and the vision token ids to it, so the
 directory is a complete ``model.hf_path`` for the trainer (``examples/run_sft.py``). ``--small``
 widens it to bench/bench_model.py's shape (LLM 4 layers x 256, ViT 4 blocks x 128) for benchmarks.
+``--rollout`` writes the rollout-engine shape instead (``tiny_qwen.ROLLOUT_SHAPES["vllm"]``: head_dim
+32, which vLLM's CPU kernels need) with tokenizer, generation and processor configs: a
+``model.hf_path`` for ``examples/run_grpo.py`` on either engine (examples/configs/tiny/*.yaml).
 """
 
 import argparse
@@ -44,7 +48,15 @@ def main() -> int:
     parser.add_argument("--tied", action="store_true", help="tie input and output embeddings (like the 3B)")
     parser.add_argument("--tokenizer", action="store_true", help="also write the tiny tokenizer (trainer-ready directory)")
     parser.add_argument("--small", action="store_true", help="bench_model.py's wider shape instead of the tiny one")
+    parser.add_argument("--rollout", action="store_true", help="the rollout-engine shape, loadable by vLLM and the trainer")
     args = parser.parse_args()
+    if args.rollout:
+        from megatron_vrft.testing.tiny_qwen import save_tiny_rollout_dir
+
+        model = save_tiny_rollout_dir(args.out, seed=args.seed)
+        print(f"wrote {args.out}: tiny Qwen2.5-VL (rollout shape), {sum(p.numel() for p in model.parameters()):,} "
+              "parameters + tokenizer")
+        return 0
     text, tok = (dict(SMALL_TEXT) if args.small else {}), None
     if args.tokenizer:
         from megatron_vrft.data.testing import build_tiny_tokenizer, vocab_size_of

@@ -4,6 +4,8 @@
     -> initial weights (model.hf_path / model.mcore_path / checkpoint.pretrained_path)
     -> freezing (before DDP: frozen params get no grad buffer) -> mcore DDP -> optimizer (+ per-module
     LRs) -> LR schedule -> data streams (decoded once per DP replica) -> metrics
+    -> mode grpo: prompt stream instead of the SFT stream, rollout engine, reference model, first
+       weight sync (`trainer.grpo_setup`)
 
 The model config sets ``calculate_per_token_loss`` (global-count loss normalisation, see
 `trainer.step`) and ``finalize_model_grads_func`` (without it mcore's schedule never all-reduces
@@ -20,7 +22,7 @@ import torch
 from megatron_vrft.config import ConfigError, RunConfig
 from megatron_vrft.runtime import DistInfo, init_distributed
 
-__all__ = ["Run", "build", "media_options", "param_dtype", "recompute_options"]
+__all__ = ["Run", "build", "build_model", "media_options", "param_dtype", "recompute_options"]
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Run:
     weights_from: str = ""  # where the initial weights came from (one line)
     step: int = 0           # optimizer steps done
     consumed_samples: int = 0
+    grpo: Any = None        # trainer.grpo_setup.GRPOParts (engine, reference model, weight sync) in mode grpo
 
 
 def param_dtype(name: str) -> torch.dtype:
@@ -78,7 +81,8 @@ def _tokenizer(cfg: RunConfig):
     return AutoTokenizer.from_pretrained(cfg.model.hf_path)
 
 
-def _build_model(cfg: RunConfig, hf_config, dtype: torch.dtype):
+def build_model(cfg: RunConfig, hf_config, dtype: torch.dtype):
+    """This rank's stage of the Qwen25VLModel ``cfg.model`` describes (weights not loaded yet)."""
     from megatron_vrft.models.qwen2_5_vl.model import Qwen25VLModel
 
     return Qwen25VLModel(
@@ -169,17 +173,23 @@ def build(cfg: RunConfig) -> Run:
     hf_config = _hf_config(cfg)
     tokenizer = _tokenizer(cfg)
     dtype = param_dtype(cfg.model.dtype)
-    model = _build_model(cfg, hf_config, dtype)
+    model = build_model(cfg, hf_config, dtype)
     weights_from = load_initial_weights(cfg, [model], hf_config)
     freeze_modules(model, cfg.model)
     ddp = _wrap_ddp(model, cfg)
     optimizer = build_optimizer(cfg.optimizer, [ddp], bf16=dtype == torch.bfloat16,
                                 use_distributed_optimizer=p.use_distributed_optimizer)
     replica = replica_layout()
-    train = _stream(cfg, cfg.data.train_path, tokenizer, hf_config, replica, train=True)
-    evals = _stream(cfg, cfg.data.eval_path, tokenizer, hf_config, replica, train=False) if cfg.data.eval_path else None
-    total = _total_steps(cfg, train)
-    return Run(
+    if cfg.mode == "grpo":
+        from megatron_vrft.trainer import grpo_setup
+
+        train, evals = grpo_setup.prompt_stream(cfg, tokenizer, hf_config, replica), None
+        total = grpo_setup.total_steps(cfg, train)
+    else:
+        train = _stream(cfg, cfg.data.train_path, tokenizer, hf_config, replica, train=True)
+        evals = _stream(cfg, cfg.data.eval_path, tokenizer, hf_config, replica, train=False) if cfg.data.eval_path else None
+        total = _total_steps(cfg, train)
+    run = Run(
         cfg=cfg, dist=dist_info, hf_config=hf_config, tokenizer=tokenizer, processor_dir=cfg.model.hf_path,
         model=[ddp], optimizer=optimizer, scheduler=build_scheduler(cfg.optimizer, optimizer, total),
         train=train, eval=evals,
@@ -187,3 +197,6 @@ def build(cfg: RunConfig) -> Run:
         timers=Timers(), guard=NonFiniteGuard(cfg.sft.max_nonfinite_steps), total_steps=total,
         eval_interval=cfg.sft.eval_interval, weights_from=weights_from,
     )
+    if cfg.mode == "grpo":
+        run.grpo = grpo_setup.build_grpo(cfg, run.model, hf_config, tokenizer, dtype)
+    return run
