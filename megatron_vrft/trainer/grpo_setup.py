@@ -77,7 +77,7 @@ def _check(cfg: RunConfig) -> None:
 
 
 def _reference(cfg: RunConfig, hf_config, dtype):
-    from megatron_vrft.trainer._pending import load_initial_weights
+    from megatron_vrft.trainer.checkpoint import load_initial_weights
     from megatron_vrft.trainer.setup import build_model
 
     ref = build_model(cfg, hf_config, dtype)
