@@ -4,6 +4,7 @@ Run from the repository root:
 
     python bench/bench_video.py [--size 640x360] [--files 3] [--seconds 25] [--repeats 3]
                                 [--workdir /tmp/vrft_bench_video]
+    python bench/bench_video.py --mixed-resolutions 24 [--repeats 3]
 
 It writes its own test videos (--size, default 640x360, 30 fps, H.264 with x264's default 250-frame
 GOP, moving textured content) under --workdir, then for each sampling config measures, per file and
@@ -18,6 +19,12 @@ repeat:
 and prints frames/s for both and their wall-clock ratio (target >= 0.8), the ratio of process CPU
 time against decord's default, and where the work goes (decode = the fastest raw decord call;
 resize and patchify timed separately on the same decoded frames, per file).
+
+``--mixed-resolutions N`` instead times the resize alone (``resize_frames``, what the pipeline calls
+per decoded chunk) over N videos of N different sizes around --size (50 and 128 frames each, in the
+pipeline's chunk sizes 2, 4, 8, ..., resized to the qwen-vl-utils size), and over N 50-frame
+videos of one size, with the banded resize's probe gated (``PROBE_AFTER``, the default), probing every new
+geometry (the former behaviour) and never banded (torch's kernel), interleaved per repeat.
 """
 
 from __future__ import annotations
@@ -32,9 +39,10 @@ import decord
 import numpy as np
 import torch
 
-from megatron_vrft.data.media import resize_frames
+from megatron_vrft.data import resample
+from megatron_vrft.data.media import IMAGE_FACTOR, resize_frames, smart_resize
 from megatron_vrft.data.patchify import VideoPatchStream, patchify_video
-from megatron_vrft.data.video import read_video
+from megatron_vrft.data.video import VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, read_video
 
 RAW_THREADS = (0, 1, 2)  # decord num_threads for the raw baseline: default, and the two explicit settings
 CONFIGS = {
@@ -113,6 +121,52 @@ def bench_config(paths: list[Path], kwargs: dict, repeats: int) -> dict:
     )
 
 
+CHUNKS = {50: (2, 4, 8, 8, 8, 8, 8, 4), 128: (2, 4) + (8,) * 15 + (2,)}  # read_video's chunk ramp
+RESIZE_VARIANTS = {"gated probe": resample.PROBE_AFTER, "probe every geometry": 1, "torch kernel": 10**9}
+
+
+def bench_mixed(width: int, height: int, n: int, repeats: int) -> None:
+    """Resize-only seconds for N videos of distinct sizes and N of one size (see module doc)."""
+    g = torch.Generator().manual_seed(0)
+    distinct = [(height - 12 + (7 * i) % 25, width - 24 + (11 * i) % 49) for i in range(n)]
+    sets = {"mixed, 50 frames": (distinct, 50), "mixed, 128 frames": (distinct, 128),
+            "one size, 50 frames": ([(height, width)] * n, 50)}
+    frames_of = {k: torch.randint(0, 256, (k, 3, height + 12, width + 24), dtype=torch.uint8, generator=g)
+                 for k in CHUNKS}
+    videos = {}
+    for name, (sizes, k) in sets.items():
+        videos[name] = [(frames_of[k][:, :, :h, :w], k,
+                         smart_resize(h, w, IMAGE_FACTOR, VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS)) for h, w in sizes]
+    times = {(s, v): [] for s in sets for v in RESIZE_VARIANTS}  # (wall s, process CPU s) per repeat
+    for rep in range(repeats + 1):  # round 0 warms up allocator and caches, not timed
+        for s in sets:
+            for v, after in RESIZE_VARIANTS.items():
+                resample.PROBE_AFTER = after
+                resample._seen.clear()
+                resample._banded_is_exact.cache_clear()
+                resample._bands.cache_clear()
+                t0, c0 = time.perf_counter(), time.process_time()
+                for frames, k, (th, tw) in videos[s]:
+                    start = 0
+                    for c in CHUNKS[k]:
+                        resize_frames(frames[start : start + c], th, tw)
+                        start += c
+                if rep:
+                    times[(s, v)].append((time.perf_counter() - t0, time.process_time() - c0))
+    print(f"resize only, {n} videos per set around {width}x{height}, {repeats} repeats, "
+          f"load average {' '.join(f'{x:.2f}' for x in __import__('os').getloadavg())}")
+    print("CPU s (the process's own time: what a loaded machine does not inflate) and wall s")
+    print("| videos | variant | CPU s min / median / max | x torch kernel (CPU, median) | wall s median |")
+    print("|---|---|---|---|---|")
+    mid = repeats // 2
+    for s in sets:
+        base = sorted(c for _, c in times[(s, "torch kernel")])[mid]
+        for v in RESIZE_VARIANTS:
+            cpu, wall = sorted(c for _, c in times[(s, v)]), sorted(w for w, _ in times[(s, v)])
+            print(f"| {s} | {v} | {cpu[0]:.2f} / {cpu[mid]:.2f} / {cpu[-1]:.2f} | {cpu[mid] / base:.2f} | "
+                  f"{wall[mid]:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="640x360", help="WIDTHxHEIGHT of the generated videos")
@@ -123,12 +177,17 @@ def main() -> None:
     parser.add_argument(
         "--torch-threads", type=int, default=1, help="intra-op threads; DataLoader workers run with 1 (default)"
     )
+    parser.add_argument("--mixed-resolutions", type=int, default=0, metavar="N",
+                        help="time the resize alone over N videos of distinct sizes (see above)")
     args = parser.parse_args()
     try:
         width, height = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
         parser.error(f"--size must be WIDTHxHEIGHT, got {args.size!r}")
     torch.set_num_threads(args.torch_threads)
+    if args.mixed_resolutions:
+        bench_mixed(width, height, args.mixed_resolutions, args.repeats)
+        return
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -15,6 +15,12 @@ them. That holds only for a given torch/BLAS build, CPU and shape, so every geom
 once per process: the banded pass and torch's pass run on the same random input (random, because a
 flat or dark probe would agree whatever the arithmetic) and the banded pass is used only if every
 value is identical; otherwise that pass stays with torch. Either way the result is torch's.
+
+A probe costs about two passes, so it must be paid back by later banded passes of the same
+geometry: torch serves a geometry's first ``PROBE_AFTER - 1`` passes, and only a geometry that
+keeps coming back (a data set of few resolutions: every chunk of every video) is probed. A data set
+where every video has its own resolution then runs torch's kernel at torch's speed, probe-free
+(docs/benchmarks.md, "mixed resolutions").
 """
 
 from __future__ import annotations
@@ -29,6 +35,13 @@ BAND_OUTPUTS = 32  # outputs per band; 16-64 are within 10% of each other on one
 # torch fuses the chain only up to this many taps (see above): longer ones are not even probed, which
 # spares downscales (the usual case for >= 720p input) a probe that cannot pass.
 MAX_FUSED_TAPS = 4
+# Passes of one geometry (axis, batch, sizes) served by torch before it is probed. A probe costs
+# ~2.5 torch passes and a banded pass saves ~0.6 of one (360x640 -> 364x644, 4 frames), so it pays
+# after ~4 banded passes; a 50-frame video is 12 four-frame passes, so a resolution used by one such
+# video is never probed, and one that comes back is probed once and then runs banded.
+PROBE_AFTER = 16
+_SEEN_MAX = 4096  # geometries counted per process before the counts start over (bounded memory)
+_seen: dict[tuple, int] = {}
 
 
 def _torch_pass(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -107,28 +120,42 @@ def _banded_is_exact(axis: str, batch: int, h: int, w: int, n_out: int, threads:
         return False
     g = torch.Generator().manual_seed(0)
     # Fractional values: the H pass sees the float output of the W pass (integers are a special case).
-    probe = torch.randint(0, 256, (batch, 1, h, w), generator=g).to(torch.float32)
-    probe.add_(torch.rand(probe.shape, generator=g))
+    probe = torch.rand((batch, 1, h, w), generator=g).mul_(256)
     if axis == "w":
         return torch.equal(_banded_w(probe[:, 0], n_out), _torch_pass(probe, (h, n_out))[:, 0])
     return torch.equal(_banded_h(probe[:, 0], n_out), _torch_pass(probe, (n_out, w))[:, 0])
 
 
+def _use_banded(axis: str, batch: int, h: int, w: int, n_out: int) -> bool:
+    """Whether this pass runs banded: only once the geometry has come ``PROBE_AFTER`` times, and
+    then only if the (cached) probe says it is exact."""
+    key = (axis, batch, h, w, n_out, torch.get_num_threads())
+    count = _seen.get(key, 0) + 1
+    if count < PROBE_AFTER:
+        if len(_seen) >= _SEEN_MAX:
+            _seen.clear()
+        _seen[key] = count
+        return False
+    _seen[key] = PROBE_AFTER
+    return _banded_is_exact(*key)
+
+
 def bicubic_aa(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """float32 [T, C, H, W] -> [T, C, height, width], equal to F.interpolate(bicubic, antialias=True).
 
-    Each pass runs banded where verified exact for this geometry (see module docstring), else torch's.
+    Each pass runs banded where this geometry is frequent and verified exact (see module docstring),
+    else torch's.
     """
     t, c, h, w = x.shape
-    b, threads = t * c, torch.get_num_threads()
+    b = t * c
     y = x.reshape(b, h, w)
     if width != w:
-        if _banded_is_exact("w", b, h, w, width, threads):
+        if _use_banded("w", b, h, w, width):
             y = _banded_w(y, width)
         else:
             y = _torch_pass(y.unsqueeze(1), (h, width))[:, 0]
     if height != h:
-        if _banded_is_exact("h", b, h, width, height, threads):
+        if _use_banded("h", b, h, width, height):
             y = _banded_h(y, height)
         else:
             y = _torch_pass(y.unsqueeze(1), (height, width))[:, 0]

@@ -14,10 +14,17 @@ def _torch(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 @pytest.fixture(autouse=True)
-def fresh_caches():
-    resample._banded_is_exact.cache_clear()
+def fresh_caches(request, monkeypatch):
+    """Fresh probe caches; every geometry probed on its first pass (so one call exercises the banded
+    path), except in the tests of the probe gate itself."""
+    if "gate" not in request.node.name:
+        monkeypatch.setattr(resample, "PROBE_AFTER", 1)
+    clear = resample._banded_is_exact.cache_clear
+    clear()
+    resample._seen.clear()
     yield
-    resample._banded_is_exact.cache_clear()
+    clear()
+    resample._seen.clear()
 
 
 @pytest.mark.parametrize(
@@ -85,3 +92,32 @@ def test_torch_weights_are_read_exactly():
     bands = resample._bands(360, 364)
     assert all(o0 + bands.outputs <= 364 for o0 in bands.o0) and bands.o0[-1] + bands.outputs == 364
     assert all(0 <= i0 <= 360 - bands.width for i0 in bands.i0)
+
+
+def test_gate_probes_only_geometries_that_come_back(monkeypatch):
+    """A geometry's first PROBE_AFTER - 1 passes run torch's kernel without a probe (a data set of
+    all-different resolutions never pays one); from the PROBE_AFTER-th pass on it is probed once
+    and then runs banded."""
+    probes = []
+    real = resample._banded_is_exact
+
+    def counting(*key):
+        probes.append(key)
+        return real(*key)
+
+    monkeypatch.setattr(resample, "_banded_is_exact", counting)
+    banded = []
+    real_w = resample._banded_w
+    monkeypatch.setattr(resample, "_banded_w", lambda x, n: banded.append(n) or real_w(x, n))
+    g = torch.Generator().manual_seed(0)
+    for h in range(90, 90 + 10):  # ten one-off geometries: no probe at all
+        x = torch.randint(0, 256, (1, 3, h, 160), generator=g).to(torch.float32)
+        assert torch.equal(resample.bicubic_aa(x, 112, 168), _torch(x, (112, 168)))
+    assert probes == [] and banded == []
+    x = torch.randint(0, 256, (1, 3, 90, 160), generator=g).to(torch.float32)
+    for _ in range(resample.PROBE_AFTER - 1):  # 90x160 came once above
+        assert torch.equal(resample.bicubic_aa(x, 112, 168), _torch(x, (112, 168)))
+    assert len(probes) == 2 and len(banded) == 2  # W and H probed; W's probe and its pass ran banded
+    for _ in range(3):
+        assert torch.equal(resample.bicubic_aa(x, 112, 168), _torch(x, (112, 168)))
+    assert len(probes) == 2 + 3 * 2 and len(banded) == 2 + 3  # later passes: the cached verdict, banded
