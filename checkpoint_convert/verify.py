@@ -14,7 +14,13 @@ input. Runs on CPU (gloo) or GPU (nccl); fp32 by default, where 1e-4 is a tight 
 
 import argparse
 import math
+import os
 import sys
+import warnings
+
+# mcore warns once per module on a machine without TE/Apex (any CPU); the local fallbacks are what
+# this check runs, so the warnings say nothing to its user.
+warnings.filterwarnings("ignore", message=".*(Transformer Engine and )?Apex (is|are) not installed.*")
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -25,6 +31,8 @@ import torch.distributed as dist  # noqa: E402
 from megatron_vrft.checkpoint.convert import check_same_model, run_cli  # noqa: E402
 from megatron_vrft.checkpoint.hf_io import read_hf_config  # noqa: E402
 from megatron_vrft.checkpoint.mcore_io import McoreCheckpoint, load_mcore_checkpoint  # noqa: E402
+from megatron_vrft.models.qwen2_5_vl import weights as W  # noqa: E402
+from megatron_vrft.models.qwen2_5_vl.config import validate_parallelism  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -122,6 +130,12 @@ def main() -> None:
     raw, hf_cfg = read_hf_config(a.hf_dir)
     ckpt = McoreCheckpoint(a.mcore_dir)
     check_same_model(ckpt.config, hf_cfg, Path(a.hf_dir))
+    # every user error before the process group exists: one ``error:`` line per rank, exit 2
+    validate_parallelism(ckpt.config, a.tp, a.pp, a.first_stage_layers)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world % (a.tp * a.pp):
+        raise W.ParallelSizeError(f"world size {world} (torchrun --nproc-per-node) is not a multiple of "
+                                  f"--tp {a.tp} x --pp {a.pp}")
     info = init_distributed(tp=a.tp, pp=a.pp)
     try:
         batch = verification_batch(hf_cfg)

@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     logging.getLogger("megatron_vrft").setLevel(logging.INFO)
     from megatron_vrft.data.sample import DataFormatError
     from megatron_vrft.trainer import loop, sft
-    from megatron_vrft.trainer._pending import evaluate
+    from megatron_vrft.trainer.eval import evaluate
     from megatron_vrft.trainer.setup import build
 
     try:

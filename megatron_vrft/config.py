@@ -177,9 +177,9 @@ class RolloutConfig:
 @dataclass
 class LoggingConfig:
     output_dir: str = _f("outputs/run", "where logs, TensorBoard events and exports go")
-    log_interval: int = _f(1, "log every N steps")
+    log_interval: int = _f(1, "TensorBoard / W&B every N steps (metrics.jsonl gets every step)")
     tensorboard: bool = _f(True, "write TensorBoard events under output_dir/tb")
-    wandb: bool = _f(False, "log to Weights & Biases (pip install megatron_vrft[wandb])")
+    wandb: bool = _f(False, "log to Weights & Biases (pip install megatron_vrft[wandb]; WANDB_MODE=offline honoured)")
     wandb_project: Optional[str] = _f(None, "W&B project")
     wandb_run_name: Optional[str] = _f(None, "W&B run name")
     progress_bar: bool = _f(True, "show a progress bar on rank 0")
@@ -189,10 +189,10 @@ class LoggingConfig:
 class CheckpointConfig:
     save_dir: Optional[str] = _f(None, "where training checkpoints go; None = no saving")
     save_interval: int = _f(0, "save every N steps; 0 = only at the end")
-    keep_last: int = _f(2, "checkpoints kept (older ones are deleted)")
-    resume: bool = _f(True, "resume from the latest complete checkpoint in save_dir if one exists")
-    pretrained_path: Optional[str] = _f(None, "weights of an earlier stage (mcore checkpoint or HF dir); an invalid path is an error, never a silent fallback")
-    export_hf: bool = _f(False, "write an HF checkpoint at the end of training")
+    keep_last: int = _f(2, "complete checkpoints kept in save_dir (older ones deleted; only dirs this trainer wrote); 0 = all")
+    resume: bool = _f(True, "resume from the newest complete checkpoint in save_dir if one exists (another TP/PP reshards)")
+    pretrained_path: Optional[str] = _f(None, "initial weights of an earlier stage, instead of model.hf_path/mcore_path's: a trainer checkpoint (step_<N> dir, or a save_dir: its newest complete step), an HF dir (e.g. LoRA-merged) or a converted mcore checkpoint; a wrong path is an error, never a silent fallback")
+    export_hf: bool = _f(False, "at the end write <logging.output_dir>/hf: config.json + safetensors (released key layout) + model.hf_path's tokenizer/processor files")
 
 
 @dataclass
@@ -260,6 +260,9 @@ def _validate(cfg: RunConfig, world_size: Optional[int]) -> list[tuple[str, str]
     v = cfg.data.video
     check("data.video", v.fps is None or v.nframes is None, "set at most one of fps and nframes")
     check("data.global_batch_size", cfg.data.global_batch_size >= 1, "must be >= 1")
+    check("logging.log_interval", cfg.logging.log_interval >= 1, "must be >= 1")
+    check("checkpoint.keep_last", cfg.checkpoint.keep_last >= 0, "must be >= 0 (0 = keep all)")
+    check("checkpoint.save_interval", cfg.checkpoint.save_interval >= 0, "must be >= 0 (0 = only at the end)")
     check("data.micro_batch_size", cfg.data.micro_batch_size >= 1, "must be >= 1")
     if ws is not None and min(p.tp, p.pp, p.cp) >= 1 and ws % (p.tp * p.pp * p.cp) == 0:
         dp = ws // (p.tp * p.pp * p.cp)

@@ -151,8 +151,9 @@ def convert_mcore_to_hf(mcore_dir: str | Path, out_dir: str | Path, *, hf_config
 
 
 def run_cli(main) -> None:
-    """Runs a converter's ``main()``; a user error (any ``ValueError`` subclass we raise, e.g. a bad
-    checkpoint or TP size) prints one ``error:`` line and exits 2 instead of a traceback.
+    """Runs a converter's ``main()``; a user error (any ``ValueError`` subclass this package defines:
+    a bad checkpoint, config, shape or TP/PP size) prints one ``error:`` line and exits 2 instead of
+    a traceback. Other exceptions (bugs) keep their traceback.
 
     After success the process ends with ``os._exit(0)``: the output is complete, fsynced and
     renamed, and the interpreter's normal teardown of torch and transformers would add ~0.7 s
@@ -162,7 +163,9 @@ def run_cli(main) -> None:
 
     try:
         main()
-    except (CheckpointError, W.WeightMapError) as e:
+    except ValueError as e:
+        if not type(e).__module__.startswith("megatron_vrft."):
+            raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

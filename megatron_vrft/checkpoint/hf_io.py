@@ -129,10 +129,6 @@ class HFCheckpoint:
         fname, key = self._where[name]
         return self._open(fname).get(key)
 
-    @property
-    def total_bytes(self) -> int:
-        return sum(s.nbytes for s in self.specs.values())
-
     def close(self) -> None:
         self._handles.clear()
 

@@ -140,10 +140,6 @@ class Sample:
             return self.messages[:-1]
         return list(self.messages)
 
-    def reward_columns(self) -> dict[str, Any]:
-        """The columns a reward function receives for this sample."""
-        return dict(self.columns)
-
     def with_visuals(self, decode: Callable[[MediaRef], Visual] | None = None) -> "Sample":
         """A copy with every media item decoded (`decode_media` by default).
 
@@ -175,14 +171,20 @@ class Sample:
     @property
     def pixel_values(self) -> torch.Tensor | None:
         """float32 [sum of image patches, 1176] or None without images."""
-        vis = self._visuals("image")
-        return torch.cat([v.pixel_values for v in vis]) if vis else None
+        return _cat_pixels(self._visuals("image"))
 
     @property
     def pixel_values_videos(self) -> torch.Tensor | None:
         """float32 [sum of video patches, 1176] or None without videos."""
-        vis = self._visuals("video")
-        return torch.cat([v.pixel_values for v in vis]) if vis else None
+        return _cat_pixels(self._visuals("video"))
+
+
+def _cat_pixels(visuals: list[Visual]) -> torch.Tensor | None:
+    # One item (the common case) is returned as is: a 128-frame video's pixels are ~200 MiB, and a
+    # torch.cat copy of them would double a DataLoader worker's peak memory.
+    if len(visuals) == 1:
+        return visuals[0].pixel_values
+    return torch.cat([v.pixel_values for v in visuals]) if visuals else None
 
 
 def _stack_grids(visuals: list[Visual]) -> torch.Tensor:

@@ -21,6 +21,7 @@ import contextlib
 import functools
 import importlib
 import logging
+import types
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -132,6 +133,23 @@ def _wrap(fn):
     return _on_cpu(fn)
 
 
+class _CpuZerosTorch(types.ModuleType):
+    """``torch`` as one mcore module sees it: ``zeros(..., device="cuda")`` allocates on the CPU;
+    every other attribute is torch's own (looked up on each access, so nothing is copied)."""
+
+    def __init__(self, torch_module: types.ModuleType):
+        super().__init__(torch_module.__name__)
+        self._torch = torch_module
+
+    def __getattr__(self, name: str):
+        return getattr(self._torch, name)
+
+    def zeros(self, *args, **kwargs):
+        if _is_cuda_device(kwargs.get("device")):
+            kwargs["device"] = "cpu"
+        return self._torch.zeros(*args, **kwargs)
+
+
 _SCHED = "megatron.core.pipeline_parallel.schedules"
 _OPT = "megatron.core.optimizer.optimizer"
 _CLIP = "megatron.core.optimizer.clip_grads"
@@ -173,13 +191,12 @@ PATCHES: dict[str, Patch] = {
         ),
         Patch(
             "schedules_token_counter",
-            # forward_backward_* allocate total_num_tokens = torch.zeros(..., device="cuda").
+            # forward_backward_* allocate total_num_tokens = torch.zeros([], device="cuda"), their
+            # only CUDA allocation. The schedules module's own ``torch`` name is swapped for a view
+            # of torch whose ``zeros`` puts device="cuda" on the CPU: the forward and backward the
+            # schedule runs (model code) see plain torch, with no dispatch mode around them.
             "forward_backward_no_pipelining, forward_backward_pipelining_without/with_interleaving",
-            [
-                (_SCHED, "forward_backward_no_pipelining", _wrap),
-                (_SCHED, "forward_backward_pipelining_without_interleaving", _wrap),
-                (_SCHED, "forward_backward_pipelining_with_interleaving", _wrap),
-            ],
+            [(_SCHED, "torch", _CpuZerosTorch)],
         ),
         Patch(
             "grad_norm_and_clip",
@@ -231,6 +248,7 @@ PATCHES: dict[str, Patch] = {
     ]
 }
 
+
 class _DropForkCpuRngWarning(logging.Filter):
     """CudaRNGStatesTracker.fork() warns when the CPU RNG state changes inside a fork, because on
     GPU that would mean a CPU op consumed randomness by mistake. With ``rng_tracker`` applied the
@@ -268,20 +286,6 @@ def revert() -> None:
     for patch in PATCHES.values():
         patch.revert()
     logging.getLogger(_RNG_LOGGER).removeFilter(_RNG_LOG_FILTER)
-
-
-class _DropForkCpuRngWarning(logging.Filter):
-    """CudaRNGStatesTracker.fork() warns when the CPU RNG state changes inside a fork, because on
-    GPU that would mean a CPU op consumed randomness by mistake. With ``rng_tracker`` applied the
-    tracker's stream *is* the CPU generator, so the change is expected and the warning (one per
-    dropout/init call) is noise."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "CPU RNG state changed within GPU RNG context" not in record.getMessage()
-
-
-_RNG_LOG_FILTER = _DropForkCpuRngWarning()
-_RNG_LOGGER = "megatron.core.tensor_parallel.random"
 
 
 def applied() -> list[str]:

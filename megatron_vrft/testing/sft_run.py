@@ -26,22 +26,23 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY_VIDEO = {"fps": 2.0, "min_pixels": 56 * 56, "max_pixels": 112 * 112}
 
 
-def write_tiny_model(out: Path, seed: int = 0) -> Path:
-    """``tools/make_tiny_model.py --tokenizer``: a trainer-ready tiny HF directory."""
+def write_tiny_model(out: Path, seed: int = 0, small: bool = False) -> Path:
+    """``tools/make_tiny_model.py --tokenizer [--small]``: a trainer-ready tiny HF directory."""
     subprocess.run([sys.executable, str(ROOT / "tools/make_tiny_model.py"), "--out", str(out), "--seed", str(seed),
-                    "--tokenizer"], check=True, capture_output=True, env=_env())
+                    "--tokenizer", *(["--small"] if small else [])], check=True, capture_output=True, env=_env())
     return out
 
 
-def write_tiny_sft(root: Path, num: int = 8, **sections) -> Path:
+def write_tiny_sft(root: Path, num: int = 8, small: bool = False, **sections) -> Path:
     """Writes ``root/hf`` (tiny model), ``root/data`` (synthetic llava_conv) and ``root/sft.yaml``.
 
-    ``sections`` update the YAML's sections (e.g. ``optimizer={"lr": 1e-3}``). Returns the YAML path.
+    ``sections`` update the YAML's sections (e.g. ``optimizer={"lr": 1e-3}``); ``small``: the wider
+    benchmark model (``make_tiny_model.py --small``). Returns the YAML path.
     """
     from megatron_vrft.data.synthetic import make_synthetic
 
     root = Path(root)
-    hf = write_tiny_model(root / "hf")
+    hf = write_tiny_model(root / "hf", small=small)
     make_synthetic(root / "data", ("llava_conv",), num)
     cfg = {
         "mode": "sft",

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
@@ -45,11 +46,12 @@ from typing import Any, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
 
 from megatron_vrft.checkpoint.atomic import COMPLETE, CheckpointError, atomic_dir, is_complete
 from megatron_vrft.checkpoint.safe_load import verify_dist_checkpoint, weights_only_loads
 from megatron_vrft.models.qwen2_5_vl import weights as W
-from megatron_vrft.trainer.weights_io import PretrainedPathError, export_hf, load_initial_weights
+from megatron_vrft.trainer.weights_io import PretrainedPathError, architecture_diff, export_hf, load_initial_weights
 
 __all__ = [
     "FORMAT", "STATE_FILE", "save_checkpoint", "resume_if_any", "load_checkpoint", "load_model_from_checkpoint",
@@ -65,6 +67,8 @@ STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _TMP_DIR = re.compile(r"^step_(\d+)\.(tmp|old)-(\d+)$")
 _SHARDING = {"distrib_optim_sharding_type": "fully_reshardable"}
+# DCP raises CheckpointException, a BaseException, on every rank of a failed save/load.
+_ERRORS = (Exception, CheckpointException)
 # Crash tests only: "STEP:SECONDS" sleeps in the save of step STEP after every rank wrote its
 # shards, before the directory is completed (so a SIGKILL lands "during the write").
 _PAUSE_ENV = "MEGATRON_VRFT_TEST_SAVE_PAUSE"
@@ -100,11 +104,6 @@ def _broadcast(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 # ---- what a checkpoint holds ------------------------------------------------------------------
@@ -333,7 +332,7 @@ def save_checkpoint(run: Any) -> Path:
         error = None
         try:
             dist_checkpointing.save(_sharded_state(run, loading=False), tmp)
-        except Exception as e:  # noqa: BLE001
+        except _ERRORS as e:
             error = e
         agree(error, f"writing checkpoint {final}")
         pause_step, _, pause_s = os.environ.get(_PAUSE_ENV, "").partition(":")
@@ -363,11 +362,9 @@ def save_checkpoint(run: Any) -> Path:
 
 # ---- loading ------------------------------------------------------------------------------------
 def _check_compatible(state: dict, run: Any, path: Path) -> None:
-    mine, theirs = W.model_dims(run.hf_config), W.model_dims(state["hf_config"])
-    if mine != theirs:
-        diff = [f"{k} {getattr(theirs, k)} vs {getattr(mine, k)}" for k in mine.__dataclass_fields__
-                if getattr(mine, k) != getattr(theirs, k)]
-        raise CheckpointError(f"{path} holds another architecture than this run's model: {', '.join(diff[:4])}")
+    diff = architecture_diff(run.hf_config, state["hf_config"])
+    if diff:
+        raise CheckpointError(f"{path} holds another architecture than this run's model: {diff}")
     padded = _unwrap(run.model[0]).mcore_config.padded_vocab_size
     if state["padded_vocab_size"] != padded:
         raise CheckpointError(
@@ -379,8 +376,17 @@ def _load(sd: dict, path: Path) -> dict:
     from megatron.core import dist_checkpointing
 
     verify_dist_checkpoint(path)
-    with weights_only_loads():
-        return dist_checkpointing.load(sd, str(path))
+    try:
+        with weights_only_loads():
+            return dist_checkpointing.load(sd, str(path))
+    except _ERRORS as e:
+        # torch's weights-only unpickler refused an object inside a .distcp file (DCP collects the
+        # per-rank exceptions in CheckpointException.failures)
+        causes = [e, *(exc for exc, _ in getattr(e, "failures", {}).values())]
+        if any(isinstance(c, pickle.UnpicklingError) for c in causes):
+            raise CheckpointError(f"refusing to load {path}: an object stored in it is not plain data "
+                                  "(a pickle that would run code); nothing was executed") from None
+        raise
 
 
 def _load_models(run_model: list, loaded: dict) -> None:
@@ -411,7 +417,7 @@ def load_checkpoint(run: Any, path: str | Path) -> None:
         run.step, run.consumed_samples = int(loaded["step"]), int(loaded["consumed_samples"])
         if same_layout:
             _set_rng_state(loaded["rng"])
-    except Exception as e:  # noqa: BLE001
+    except _ERRORS as e:
         error = e if isinstance(e, CheckpointError) else CheckpointError(f"loading {path}: {type(e).__name__}: {e}")
     agree(error, f"loading {path}")
     if not same_layout and _rank() == 0:

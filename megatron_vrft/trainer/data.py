@@ -19,6 +19,11 @@ of micro-batches: a rank with fewer micro-batches than the most splits its fulle
 DP rank runs the same number of micro-batches (the loss is normalised by global counts, so the
 split changes nothing numerically).
 
+Light items. `SFTItems` wraps the `SampleDataset` so that a DataLoader worker ships only what SFT
+trains on: the sequence, its pixel values in the model's dtype (bf16 runs: bf16, which is exactly
+what the patch embedding would cast them to), and neither the uint8 frames (a rollout input, not a
+training one) nor the decoded sample's own float32 copy of the pixel values.
+
 Resume: ``state_dict()`` is the sampler position after the last sample of the last step handed out
 (identical on all ranks of a replica, broadcast with the batch).
 """
@@ -31,13 +36,34 @@ from typing import Any, Iterator, Optional
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import Dataset
 
 from megatron_vrft.data.loader import DataStream, LoadedItem, ResumableSampler, SampleDataset
 from megatron_vrft.data.packing import PackedBatch, pack, plan_micro_batches
 
-__all__ = ["Replica", "StepBatch", "StepStream", "replica_layout"]
+__all__ = ["Replica", "SFTItems", "StepBatch", "StepStream", "replica_layout"]
 
 _PIXEL_FIELDS = ("pixel_values", "pixel_values_videos")
+
+
+class SFTItems(Dataset):
+    """A `SampleDataset` whose items carry only the SFT sequence, pixel values in ``pixel_dtype``."""
+
+    def __init__(self, inner: SampleDataset, pixel_dtype: torch.dtype = torch.float32):
+        self.inner, self.pixel_dtype = inner, pixel_dtype
+        self.samples = inner.samples  # DataStream names skipped samples from these
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, key: tuple[int, int]) -> LoadedItem:
+        item = self.inner[key]
+        if item.ok:
+            seq = item.sequence
+            cast = {f: getattr(seq, f).to(self.pixel_dtype) for f in _PIXEL_FIELDS if getattr(seq, f) is not None}
+            item.sequence = dataclasses.replace(seq, **cast)
+            item.sample = None
+        return item
 
 
 @dataclass(frozen=True)
@@ -87,7 +113,7 @@ class StepStream:
     """``next_batch()`` -> the next `StepBatch` (same on all ranks of a replica), or None when exhausted.
 
     Args:
-        dataset: the `SampleDataset` (only the leader reads it).
+        dataset: the `SampleDataset` or `SFTItems` (only the leader reads it).
         replica: `replica_layout()`.
         local_batch: usable samples per DP rank per step.
         epochs: passes over the data (``next_batch`` returns None after the last).
@@ -97,7 +123,7 @@ class StepStream:
         allow_partial: yield a short last step (eval) instead of stopping when a rank runs dry.
     """
 
-    def __init__(self, dataset: SampleDataset, replica: Replica, *, local_batch: int, epochs: int, seed: int,
+    def __init__(self, dataset: Dataset, replica: Replica, *, local_batch: int, epochs: int, seed: int,
                  shuffle: bool, micro_batch_size: int = 1, pack_tokens: int = 0, pad_id: int = 0,
                  pad_to_multiple_of: int = 1, num_workers: int = 0, prefetch_factor: int = 2,
                  allow_partial: bool = False, name: str = "train"):

@@ -40,7 +40,7 @@ def prompt_stream(cfg: RunConfig, tokenizer, hf_config, replica):
     from megatron_vrft.trainer.setup import media_options
 
     d = cfg.data
-    video, image = media_options(cfg)
+    video, image = media_options(cfg.data.video)
     options = dict(d.options)
     if d.system_prompt is not None:
         options["system_prompt"] = d.system_prompt
@@ -77,7 +77,7 @@ def _check(cfg: RunConfig) -> None:
 
 
 def _reference(cfg: RunConfig, hf_config, dtype):
-    from megatron_vrft.trainer._pending import load_initial_weights
+    from megatron_vrft.trainer.checkpoint import load_initial_weights
     from megatron_vrft.trainer.setup import build_model
 
     ref = build_model(cfg, hf_config, dtype)

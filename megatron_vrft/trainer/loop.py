@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from megatron_vrft.trainer._pending import evaluate, export_hf, resume_if_any, save_checkpoint
+from megatron_vrft.trainer.checkpoint import export_hf, resume_if_any, save_checkpoint
+from megatron_vrft.trainer.eval import evaluate
 
 __all__ = ["train", "TrainingStopped"]
 

@@ -116,9 +116,9 @@ def _wrap_ddp(model, cfg: RunConfig):
     return ddp
 
 
-def media_options(cfg: RunConfig) -> tuple[dict, dict]:
-    """``data.video`` -> (video, image) sampling options for ``load_samples`` (unset keys left out)."""
-    v = cfg.data.video
+def media_options(v) -> tuple[dict, dict]:
+    """``data.video`` -> (video, image) sampling options for `load_samples`: only the keys that are
+    set, so unset ones fall back to the dataset format's own defaults."""
     video = {k: getattr(v, k) for k in ("fps", "nframes", "min_pixels", "max_pixels", "total_pixels", "max_frames")
              if getattr(v, k) is not None}
     image = {k: val for k, val in (("min_pixels", v.image_min_pixels), ("max_pixels", v.image_max_pixels))
@@ -131,17 +131,17 @@ def _stream(cfg: RunConfig, path: str, tokenizer, hf_config, replica, *, train: 
     from megatron_vrft.data.loader import SampleDataset
     from megatron_vrft.data.template import VisionTokenIds
     from megatron_vrft.models.qwen2_5_vl.rope_index import RopeIndexConfig
-    from megatron_vrft.trainer.data import StepStream
+    from megatron_vrft.trainer.data import SFTItems, StepStream
 
     d = cfg.data
-    video, image = media_options(cfg)
+    video, image = media_options(d.video)
     options = dict(d.options)
     if d.system_prompt is not None:
         options["system_prompt"] = d.system_prompt
     samples, _ = load_samples(path, d.format, d.media_root, mode="sft", video_options=video,
                               image_options=image, **options)
-    dataset = SampleDataset(samples, tokenizer, RopeIndexConfig.from_hf_config(hf_config), task="sft",
-                            max_length=d.max_seq_len)
+    dataset = SFTItems(SampleDataset(samples, tokenizer, RopeIndexConfig.from_hf_config(hf_config), task="sft",
+                                     max_length=d.max_seq_len), param_dtype(cfg.model.dtype))
     pad = VisionTokenIds.from_tokenizer(tokenizer).pad
     return StepStream(dataset, replica, local_batch=d.global_batch_size // replica.dp_size,
                       epochs=cfg.sft.epochs if train else 1, seed=cfg.seed, shuffle=d.shuffle and train,
@@ -163,7 +163,7 @@ def _total_steps(cfg: RunConfig, stream) -> int:
 
 def build(cfg: RunConfig) -> Run:
     """Builds the run for ``cfg`` on this rank (collective: every rank of the job calls it)."""
-    from megatron_vrft.trainer._pending import load_initial_weights
+    from megatron_vrft.trainer.checkpoint import load_initial_weights
     from megatron_vrft.trainer.data import replica_layout
     from megatron_vrft.trainer.metrics import MetricsLogger, NonFiniteGuard, Timers
     from megatron_vrft.trainer.optim import build_optimizer, build_scheduler, freeze_modules

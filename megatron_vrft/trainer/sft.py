@@ -83,9 +83,9 @@ def sft_step(run, batch) -> dict:
     with run.timers("forward_backward"):
         reports = run_schedule(run, step, batch.micro_batches)
     loss = step_loss(reports)
+    lrs = current_lrs(run.cfg.optimizer, run.optimizer)  # the LRs this update uses (before the schedule moves)
     with run.timers("optimizer"):
         updated, grad_norm = optimizer_step(run, loss)
-    lrs = current_lrs(run.cfg.optimizer, run.optimizer)
     metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lrs.get("llm", next(iter(lrs.values()), 0.0)),
                "samples": batch.num_samples, "tokens": batch.num_tokens, "target_tokens": batch.num_loss_tokens,
                "samples_skipped": batch.samples_skipped, "micro_batches": len(batch.micro_batches),

@@ -24,19 +24,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 
 from megatron_vrft.checkpoint.atomic import CheckpointError, atomic_dir
 from megatron_vrft.config import ConfigError
 from megatron_vrft.models.qwen2_5_vl import weights as W
 
-__all__ = ["PretrainedPathError", "resolve_initial_weights", "load_initial_weights", "export_hf"]
+__all__ = ["PretrainedPathError", "architecture_diff", "resolve_initial_weights", "load_initial_weights", "export_hf"]
 
 
 class PretrainedPathError(ConfigError):
     """A weights path that is set but unusable; the message is one line naming the key and path."""
 
 
-def _dims_diff(mine: Any, theirs: Any) -> str:
+def architecture_diff(mine: Any, theirs: Any) -> str:
+    """The first few sizes in which HF config ``theirs`` differs from ``mine`` ("" when none)."""
     a, b = W.model_dims(mine), W.model_dims(theirs)
     diff = [f"{k} {getattr(b, k)} (run: {getattr(a, k)})" for k in a.__dataclass_fields__ if getattr(a, k) != getattr(b, k)]
     return ", ".join(diff[:4])
@@ -79,7 +81,7 @@ def resolve_initial_weights(cfg: Any, hf_config: Any) -> tuple[str, str, Path]:
                 wanted = {"trainer": f"a trainer checkpoint ({STATE_FILE})", "hf": "an HF directory (config.json)",
                           "mcore": f"a converted mcore checkpoint ({METADATA})"}
                 raise CheckpointError("is not " + " or ".join(wanted[k] for k in kinds))
-            diff = _dims_diff(hf_config, theirs)
+            diff = architecture_diff(hf_config, theirs)
             if diff:
                 raise CheckpointError(f"holds another architecture than the run's model: {diff}")
         except (CheckpointError, W.WeightMapError, OSError, ValueError) as e:
@@ -122,7 +124,7 @@ def load_initial_weights(cfg: Any, model_chunks: list, hf_config: Any) -> str:
             live.load_into_model(getattr(model_chunks[0], "module", model_chunks[0]), ck.get, hf_config,
                                  first_stage_layers=fsl)
             ck.close()
-    except Exception as e:  # noqa: BLE001 - shared with every rank, named by path
+    except (Exception, CheckpointException) as e:  # noqa: BLE001 - shared with every rank, named by path
         error = PretrainedPathError(f"{key}={path}: cannot load its {kind} weights: {str(e).splitlines()[0]}")
     agree(error, f"loading the initial weights from {path}")
     return f"{kind} weights from {path} ({key})"

@@ -41,3 +41,18 @@ def test_verify_reshards_and_detects_corruption(tmp_path):
     r = _verify(hf, mc, nproc=1, tp=1, pp=1)
     last = r.stdout.strip().splitlines()[-1]
     assert r.returncode == 1 and float(last.split("=")[1]) > 1e-3, r.stdout + r.stderr
+
+
+def test_user_errors_are_one_line(tmp_path):
+    """A TP that does not divide the heads, and a TP x PP the world size cannot hold: one ``error:``
+    line on stderr, exit status 2, no traceback (a plain ``python`` run is a world of one)."""
+    hf = tmp_path / "hf"
+    save_tiny_hf(hf, seed=0, **TINY_SHAPES["tied_mqa"])
+    mc = convert_hf_to_mcore(hf, tmp_path / "mc", tp=1, pp=1, progress=False)
+    script = str(REPO / "checkpoint_convert" / "verify.py")
+    expected = {"3": "error: tensor-parallel size 3 does not divide text_config.num_attention_heads=4",
+                "2": "error: world size 1 (torchrun --nproc-per-node) is not a multiple of --tp 2 x --pp 1"}
+    for tp, line in expected.items():
+        r = subprocess.run([sys.executable, script, "--hf-dir", str(hf), "--mcore-dir", str(mc), "--tp", tp],
+                           capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert r.returncode == 2 and r.stderr.strip().splitlines() == [line], r.stderr

@@ -119,6 +119,53 @@ def test_matches_probe_mapping_at_tp2(tiny):
         assert torch.equal(got["vision_model.projection.encoder.linear_fc2.bias"], sd["visual.merger.mlp.2.bias"])
 
 
+def _expected_shapes(cfg, tp, pp_rank, pp):
+    """Hand-written shard shapes of one (TP, PP) rank, from the HF config alone (not the map): the
+    layers of Qwen25VLModel's mcore spec, column-parallel weights split by rows, row-parallel by
+    columns, norms / row-parallel biases / patch embedding whole, vocabulary padded to ceil(V / tp)
+    rows per rank, LLM layers split evenly with the remainder on the last stage."""
+    t, v = cfg.text_config, cfg.vision_config
+    h, nh, ng, ffn = t.hidden_size, t.num_attention_heads, t.num_key_value_heads, t.intermediate_size
+    hd, rows = h // nh, -(-t.vocab_size // tp)
+    vh, vffn, vm = v.hidden_size, v.intermediate_size, v.hidden_size * v.spatial_merge_size**2
+    n = t.num_hidden_layers
+    split = {1: [n], 2: [n // 2, n - n // 2]}[pp]
+    out = {}
+    if pp_rank == 0:
+        out["vision_model.patch_embed.proj.weight"] = (vh, 3, v.temporal_patch_size, v.patch_size, v.patch_size)
+        for i in range(v.depth):
+            b = f"vision_model.decoder.layers.{i}."
+            out.update({
+                b + "input_layernorm.weight": (vh,), b + "pre_mlp_layernorm.weight": (vh,),
+                b + "self_attention.linear_qkv.weight": (3 * vh // tp, vh), b + "self_attention.linear_qkv.bias": (3 * vh // tp,),
+                b + "self_attention.linear_proj.weight": (vh, vh // tp), b + "self_attention.linear_proj.bias": (vh,),
+                b + "mlp.linear_fc1.weight": (2 * vffn // tp, vh), b + "mlp.linear_fc1.bias": (2 * vffn // tp,),
+                b + "mlp.linear_fc2.weight": (vh, vffn // tp), b + "mlp.linear_fc2.bias": (vh,),
+            })
+        out.update({
+            "vision_model.decoder.final_layernorm.weight": (vh,),
+            "vision_model.projection.encoder.linear_fc1.weight": (vm // tp, vm),
+            "vision_model.projection.encoder.linear_fc1.bias": (vm // tp,),
+            "vision_model.projection.encoder.linear_fc2.weight": (v.out_hidden_size, vm // tp),
+            "vision_model.projection.encoder.linear_fc2.bias": (v.out_hidden_size,),
+            "language_model.embedding.word_embeddings.weight": (rows, h),
+        })
+    qkv = (nh + 2 * ng) * hd // tp
+    for i in range(split[pp_rank]):
+        b = f"language_model.decoder.layers.{i}."
+        out.update({
+            b + "input_layernorm.weight": (h,), b + "pre_mlp_layernorm.weight": (h,),
+            b + "self_attention.linear_qkv.weight": (qkv, h), b + "self_attention.linear_qkv.bias": (qkv,),
+            b + "self_attention.linear_proj.weight": (h, nh * hd // tp),
+            b + "mlp.linear_fc1.weight": (2 * ffn // tp, h), b + "mlp.linear_fc2.weight": (h, ffn // tp),
+        })
+    if pp_rank == pp - 1:
+        out["language_model.decoder.final_layernorm.weight"] = (h,)
+        if not cfg.tie_word_embeddings or pp > 1:
+            out["language_model.output_layer.weight"] = (rows, h)
+    return out
+
+
 def _shard_all(cfg, get, tp, pp, first=None):
     return {
         (tr, pr): dict(W.hf_to_mcore(get, cfg, tp_rank=tr, tp_size=tp, pp_rank=pr, pp_size=pp,
@@ -132,8 +179,9 @@ def test_round_trip_is_bit_exact(tiny, tp, pp):
     cfg, sd = tiny
     shards = _shard_all(cfg, sd.__getitem__, tp, pp)
     for (tr, pr), got in shards.items():
-        assert {k: tuple(x.shape) for k, x in got.items()} == W.mcore_shapes(
-            cfg, tp_rank=tr, tp_size=tp, pp_rank=pr, pp_size=pp)
+        want = _expected_shapes(cfg, tp, pr, pp)
+        assert {k: tuple(x.shape) for k, x in got.items()} == want
+        assert W.mcore_shapes(cfg, tp_rank=tr, tp_size=tp, pp_rank=pr, pp_size=pp) == want
     stages = [{k for k in shards[(0, s)]} for s in range(pp)]
     assert any(k.startswith("vision_model.") for k in stages[0])
     assert not any(k.startswith("vision_model.") for s in stages[1:] for k in s)

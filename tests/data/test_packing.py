@@ -19,7 +19,7 @@ from megatron_vrft.data.packing import (
 )
 from megatron_vrft.data.template import VisionTokenIds
 from megatron_vrft.data.testing import build_tiny_tokenizer
-from megatron_vrft.models.qwen2_5_vl.rope_index import RopeIndexConfig, get_rope_index
+from megatron_vrft.models.qwen2_5_vl.rope_index import RopeIndexConfig
 
 PAD = 0
 
@@ -73,6 +73,19 @@ def tok():
     return build_tiny_tokenizer()
 
 
+def _video_positions(n: int, start: int) -> torch.Tensor:
+    """Hand-computed mRoPE ids [3, n] of a sequence whose one video (grid 2x4x4 patches = 2x2x2
+    tokens after the 2x2 merge, 2 s per temporal patch) starts at token ``start``: text counts up on
+    all three axes; video token (t, h, w) sits at start + (t * 2 tokens/s * 2 s, h, w); the text after
+    it resumes at the largest video id + 1 = start + 4 + 1."""
+    want = torch.empty(3, n, dtype=torch.long)
+    want[:, :start] = torch.arange(start)
+    for k, (t, h, w) in enumerate((t, h, w) for t in range(2) for h in range(2) for w in range(2)):
+        want[:, start + k] = torch.tensor([start + 4 * t, start + h, start + w])
+    want[:, start + 8 :] = torch.arange(start + 5, start + 5 + n - start - 8)
+    return want
+
+
 def test_encode_decoded_video_sample(tok):
     d = dataset("llava_conv", "sft")
     samples, _ = load_samples(d["path"], "llava_conv", d["media_root"], video_options=SMALL_VIDEO)
@@ -87,16 +100,15 @@ def test_encode_decoded_video_sample(tok):
     item = encode_sample(sample, tok, rope)
     assert int((item.input_ids == ids.video_pad).sum()) == 2 * 4 * 4 // 4
     assert tok.decode(item.input_ids[item.target_mask]) == sample.target + "<|im_end|>"
-    want, _ = get_rope_index(item.input_ids, rope, video_grid_thw=[[2, 4, 4]], second_per_grid_ts=[2.0])
-    assert torch.equal(item.position_ids, want)
     vid = item.input_ids == ids.video_pad
-    assert item.position_ids[0, vid].unique().diff().tolist() == [4]  # stride tokens_per_second * 2 s
+    start = int(vid.nonzero()[0])
+    assert vid[start : start + 8].all() and int(vid.sum()) == 8
+    assert torch.equal(item.position_ids, _video_positions(len(item.input_ids), start))
     # GRPO: prompt item + completion continues positions at max + 1, as a full recomputation does
     prompt = encode_sample(sample, tok, rope, prompt_only=True)
     completion = tok("<answer>normal</answer>", add_special_tokens=False)["input_ids"] + [ids.im_end]
     seq = grpo_item(prompt, completion)
-    full, _ = get_rope_index(seq.input_ids, rope, video_grid_thw=[[2, 4, 4]], second_per_grid_ts=[2.0])
-    assert torch.equal(seq.position_ids, full)
+    assert torch.equal(seq.position_ids, _video_positions(len(seq.input_ids), start))
     assert seq.target_mask.sum() == len(completion) and seq.prompt_len == len(prompt)
 
 
@@ -111,7 +123,8 @@ def test_pack_items_concatenates_vision_in_sample_order(tok):
     assert [b.sample_ids for b in batches] == [[s.id for s in samples[:2]], [samples[2].id]]
     first = batches[0]
     assert torch.equal(first.pixel_values, torch.cat([items[0].pixel_values, items[1].pixel_values]))
-    assert first.image_grid_thw.tolist() == [[1, 2, 4], [1, 2, 4]]  # 56x84 -> 28x56 and first.pixel_values_videos is None
+    assert first.image_grid_thw.tolist() == [[1, 2, 4], [1, 2, 4]]  # each image 28x56 px: 2x4 patches
+    assert first.pixel_values_videos is None and first.video_grid_thw.shape == (0, 3)
     for item, sl in zip(items, first.sample_slices()):
         assert torch.equal(first.input_ids[0, sl], item.input_ids)
         assert torch.equal(first.position_ids[:, 0, sl], item.position_ids)

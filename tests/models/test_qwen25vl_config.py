@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch.nn.functional as F
 
+from megatron_vrft.models.qwen2_5_vl import weights as W
 from megatron_vrft.models.qwen2_5_vl.config import Qwen25VLConfigError, mcore_configs
 from megatron_vrft.testing.tiny_qwen import tiny_hf_config
 
@@ -39,24 +40,39 @@ _WIDE_TEXT = {  # 12 heads of 8, 4 KV heads: lets TP be 4, 6 or 12
 _WIDE_VISION = {"num_heads": 4, "intermediate_size": 48}
 
 
+_TP6_VISION = {"num_heads": 12, "intermediate_size": 48, "hidden_size": 48}  # lets the ViT split at TP 6
+
+
 @pytest.mark.parametrize(
     "overrides,tp,pp,kw,message",
     [
-        ({}, 3, 1, {}, "text_config.num_attention_heads=4 is not divisible by tensor_model_parallel_size=3"),
-        ({"text": _WIDE_TEXT, "vision": _WIDE_VISION}, 6, 1, {},
-         "text_config.num_key_value_heads=4 must be a multiple or a divisor of tensor_model_parallel_size=6"),
+        ({}, 3, 1, {}, "tensor-parallel size 3 does not divide text_config.num_attention_heads=4"),
+        ({"text": _WIDE_TEXT, "vision": _TP6_VISION}, 6, 1, {},
+         "tensor-parallel size 6 neither divides nor is a multiple of text_config.num_key_value_heads=4"),
         ({"text": {"num_key_value_heads": 4}}, 4, 1, {},
-         "vision_config.num_heads=2 is not divisible by tensor_model_parallel_size=4"),
+         "tensor-parallel size 4 does not divide vision_config.num_heads=2"),
         ({"text": _WIDE_TEXT, "vision": {"num_heads": 4, "intermediate_size": 50}}, 4, 1, {},
-         "vision_config.intermediate_size=50 is not divisible by tensor_model_parallel_size=4"),
-        ({}, 1, 2, {"first_stage_layers": 3}, "first_stage_layers=3"),
-        ({}, 1, 4, {}, "text_config.num_hidden_layers=3 cannot be split over pipeline_model_parallel_size=4"),
+         "tensor-parallel size 4 does not divide vision_config.intermediate_size=50"),
+        ({}, 1, 2, {"first_stage_layers": 3}, r"first_stage_layers=3 must be in \[1, 2\]"),
+        ({}, 1, 4, {}, "cannot split text_config.num_hidden_layers=3 into pp=4 stages"),
+        ({}, 0, 1, {}, "tensor-parallel size must be >= 1, got 0"),
     ],
 )
 def test_bad_parallel_split_is_one_clear_error(overrides, tp, pp, kw, message):
+    """The model's checks are the converters' (``weights.check_parallel_sizes``): same error class,
+    same message, so a TP/PP choice is judged once."""
     hf = tiny_hf_config(**overrides)
-    with pytest.raises(Qwen25VLConfigError, match=message):
+    with pytest.raises(W.ParallelSizeError, match=message):
         mcore_configs(hf, tp=tp, pp=pp, **kw)
+    with pytest.raises(W.ParallelSizeError, match=message):
+        W.check_parallel_sizes(W.model_dims(hf), tp, pp, kw.get("first_stage_layers"))
+
+
+def test_other_config_errors_name_the_key():
+    with pytest.raises(Qwen25VLConfigError, match=r"text_config.hidden_act='relu' is not supported"):
+        mcore_configs(tiny_hf_config(text={"hidden_act": "relu"}), tp=1, pp=1)
+    with pytest.raises(Qwen25VLConfigError, match=r"fullatt_block_indexes \[5\] are outside 0..depth-1"):
+        mcore_configs(tiny_hf_config(vision={"fullatt_block_indexes": [5]}), tp=1, pp=1)
 
 
 def test_tp_above_kv_heads_is_allowed():

@@ -114,3 +114,19 @@ def test_nothing_written_before_first_record(tmp_path):
     log = MetricsLogger(LoggingConfig(output_dir=str(out)), rank=0, total_steps=3)
     log.close()
     assert not out.exists()
+
+
+def test_wandb_offline_run_is_written_under_output_dir(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = LoggingConfig(output_dir=str(tmp_path), tensorboard=False, progress_bar=False, wandb=True,
+                        wandb_project="megatron_vrft_test", wandb_run_name="tiny")
+    log = MetricsLogger(cfg, run_config={"lr": 1e-5})
+    log.log(1, {"loss": 2.0, "lr": 1e-5})
+    log.log(2, {"loss": 1.5, "lr": 1e-5})
+    log.close()
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list((tmp_path / "wandb").iterdir())
+    assert list(runs[0].glob("*.wandb")), "no offline run file"
+    assert wandb.run is None  # finished

@@ -5,13 +5,16 @@ Everything the mcore model needs is read from the HF config (never from per-size
 ``intermediate_size`` (3420 for 3B/7B, 3456 for 32B/72B), ``tokens_per_second``, ``rope_theta``,
 ``rms_norm_eps``, ``tie_word_embeddings`` (top level of the VL config, not ``text_config``).
 
-Parallelism rules checked here (``Qwen25VLConfigError`` names the HF key and the TP/PP value):
+Parallelism rules: ``weights.check_parallel_sizes`` (the one implementation, shared with the
+converters; ``ParallelSizeError`` names the HF key and the TP/PP value):
 - LLM: ``num_attention_heads % tp == 0``; ``num_key_value_heads`` a multiple *or* a divisor of TP
   (mcore 0.16 replicates KV groups when TP > groups); ``intermediate_size % tp == 0``.
 - ViT (TP-sharded like the LLM, not replicated): ``num_heads % tp == 0``,
   ``intermediate_size % tp == 0`` (3420 allows TP in {1, 2, 4} only), merger width
   ``hidden_size * spatial_merge_size**2`` divisible by TP.
-- PP: every stage gets >= 1 LLM layer under ``layer_split`` (shared with ``weights.py``).
+- PP: every stage gets >= 1 LLM layer under ``weights.layer_split``.
+Other config problems (activation, vision head dim, full-attention indexes, mRoPE sections) raise
+``Qwen25VLConfigError``.
 The vocabulary is padded to a multiple of TP (``padded_vocab_size``); the model masks the padding.
 """
 
@@ -94,31 +97,11 @@ def _parallel_sizes(tp: Optional[int], pp: Optional[int]) -> tuple[int, int]:
     return tp, pp
 
 
-def _check_divisible(value: int, key: str, tp: int) -> None:
-    if value % tp != 0:
-        raise Qwen25VLConfigError(
-            f"{key}={value} is not divisible by tensor_model_parallel_size={tp}: "
-            f"choose a TP that divides {value}"
-        )
-
-
 def validate_parallelism(hf_config, tp: int, pp: int, first_stage_layers: Optional[int] = None) -> list[int]:
-    """Checks that ``hf_config`` can be split TP x PP; returns the LLM layers per PP stage."""
+    """Checks that ``hf_config`` can be built and split TP x PP; returns the LLM layers per PP stage."""
+    W = _weights()
+    W.check_parallel_sizes(W.model_dims(hf_config), tp, pp, first_stage_layers)
     text, vision = hf_config.text_config, hf_config.vision_config
-    if tp < 1 or pp < 1:
-        raise Qwen25VLConfigError(f"tensor/pipeline parallel sizes must be >= 1, got tp={tp}, pp={pp}")
-    _check_divisible(text.num_attention_heads, "text_config.num_attention_heads", tp)
-    groups = text.num_key_value_heads
-    if groups % tp != 0 and tp % groups != 0:
-        raise Qwen25VLConfigError(
-            f"text_config.num_key_value_heads={groups} must be a multiple or a divisor of "
-            f"tensor_model_parallel_size={tp}"
-        )
-    _check_divisible(text.intermediate_size, "text_config.intermediate_size", tp)
-    _check_divisible(vision.num_heads, "vision_config.num_heads", tp)
-    _check_divisible(vision.intermediate_size, "vision_config.intermediate_size", tp)
-    merged = vision.hidden_size * vision.spatial_merge_size**2
-    _check_divisible(merged, "vision_config.hidden_size * spatial_merge_size**2 (patch merger width)", tp)
     for key, act in (("text_config.hidden_act", text.hidden_act), ("vision_config.hidden_act", vision.hidden_act)):
         if act not in _ACTIVATIONS:
             raise Qwen25VLConfigError(f"{key}={act!r} is not supported (supported: {sorted(_ACTIVATIONS)})")
@@ -133,19 +116,7 @@ def validate_parallelism(hf_config, tp: int, pp: int, first_stage_layers: Option
         raise Qwen25VLConfigError(
             f"vision_config.fullatt_block_indexes {bad} are outside 0..depth-1 (depth={vision.depth})"
         )
-    try:
-        split = list(_weights().layer_split(text.num_hidden_layers, pp, first_stage_layers))
-    except ValueError as e:
-        raise Qwen25VLConfigError(
-            f"text_config.num_hidden_layers={text.num_hidden_layers} cannot be split over "
-            f"pipeline_model_parallel_size={pp} (first_stage_layers={first_stage_layers}): {e}"
-        ) from e
-    if min(split) < 1:
-        raise Qwen25VLConfigError(
-            f"text_config.num_hidden_layers={text.num_hidden_layers} over pipeline_model_parallel_size={pp} "
-            f"(first_stage_layers={first_stage_layers}) leaves a stage without layers: {split}"
-        )
-    return split
+    return W.layer_split(text.num_hidden_layers, pp, first_stage_layers)
 
 
 def _pipeline_layout(split: list[int]) -> Optional[list[list[str]]]:

@@ -18,7 +18,8 @@
 Under PP the module follows mcore's contract for ``get_forward_backward_func`` (``set_input_tensor``,
 ``config``, ``model_type``, the tied-embedding accessors used by ``finalize_model_grads``).
 
-Parameter names and their HF sources are listed in MODEL_CONTRACT.md; ``weights.py`` maps them.
+Parameter names and their HF sources are ``weights.PARAMS`` (described in docs/checkpoints.md,
+"One weight map").
 """
 
 from __future__ import annotations

@@ -166,7 +166,7 @@ class PatchEmbed(torch.nn.Module):
 class Qwen25VisionModel(MegatronModule):
     """The ViT + patch merger. ``forward(pixel_values, grid_thw) -> [Σ t·h·w / merge², out_hidden]``.
 
-    Parameter names (see MODEL_CONTRACT.md): ``patch_embed.proj.weight``, ``decoder.layers.{i}.*``,
+    Parameter names (``weights.PARAMS``, docs/checkpoints.md): ``patch_embed.proj.weight``, ``decoder.layers.{i}.*``,
     ``decoder.final_layernorm.weight`` (HF ``merger.ln_q``), ``projection.encoder.linear_fc{1,2}.*``.
     """
 

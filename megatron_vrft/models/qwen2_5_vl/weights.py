@@ -2,7 +2,7 @@
 
 ``PARAMS`` below is the single source of truth: one row per parameter family with the HF name(s)
 (canonical = the released checkpoints' layout: ``visual.*``, ``model.*``, ``lm_head.weight``), the
-local mcore name (see ``notes/MODEL_CONTRACT.md``), the transform, the TP split axis and the pipeline
+local mcore name (the table in docs/checkpoints.md, "One weight map"), the transform, the TP split axis and the pipeline
 stage the parameter lives on. Every user derives from it:
 
 - ``hf_to_mcore`` / ``mcore_to_hf``: pure, streaming conversions of one (TP, PP) rank / of a whole
