@@ -88,8 +88,11 @@ def _ours(setup: dict, engine: str, a) -> dict:
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
     phases = {p: statistics.median(r[f"time/{p}"] for r in records)
               for p in ("rollout", "reward", "logprob", "update", "weight_sync")}
+    # Each ViT call encodes each distinct image of its micro-batch once, and one micro-batch (pack_tokens
+    # 4096) holds the step's sequences (~170 tokens each here): images per step = calls x prompts.
     return {"step_s": statistics.median(r["time/step"] for r in records), "phases": phases,
             "vit_calls": statistics.median(r["vit_calls"] for r in records),
+            "vit_images": statistics.median(r["vit_calls"] for r in records) * a.prompts,
             "completion_len": statistics.mean(r["completion_len"] for r in records)}
 
 
@@ -132,19 +135,19 @@ def _trl_worker(setup: dict, a) -> dict:
               {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
     rows = [{"prompt": prompt, "image": Image.open(root / f"img_{i}.png").convert("RGB")} for i in range(setup["n"])]
     data = Dataset.from_list(rows * 100)
-    vit = {"calls": 0}
+    vit = {"calls": 0, "images": 0}
     steps: list[float] = []
     phases: list[dict] = []
 
     class Clock(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
             spent.clear()
-            vit["calls"] = 0
+            vit["calls"] = vit["images"] = 0
             self.t0 = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
             steps.append(time.perf_counter() - self.t0)
-            phases.append({**dict(spent), "vit_calls": vit["calls"]})
+            phases.append({**dict(spent), "vit_calls": vit["calls"], "vit_images": vit["images"]})
 
     cfg = GRPOConfig(output_dir=str(root / f"trl_{time.time_ns()}"), per_device_train_batch_size=a.prompts * a.G,
                      num_generations=a.G, max_completion_length=a.new_tokens, max_steps=a.steps, learning_rate=1e-5,
@@ -153,13 +156,18 @@ def _trl_worker(setup: dict, a) -> dict:
                      dataloader_num_workers=0, max_grad_norm=1.0, lr_scheduler_type="constant")
     trainer = GRPOTrainer(model=model, reward_funcs=[letter_share], args=cfg, train_dataset=data,
                           processing_class=processor, callbacks=[Clock()])
+    def count(module, args, kwargs):
+        grid = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+        vit["calls"] += 1
+        vit["images"] += len(grid)
+
     for m in [trainer.model] + ([trainer.ref_model] if getattr(trainer, "ref_model", None) is not None else []):
-        m.model.visual.register_forward_hook(lambda *_: vit.__setitem__("calls", vit["calls"] + 1))
+        m.model.visual.register_forward_pre_hook(count, with_kwargs=True)
     trainer.train()
     steps, phases = steps[1:], phases[1:]
 
     def med(pred) -> float:
-        return statistics.median(sum(v for k, v in p.items() if k != "vit_calls" and pred(k)) for p in phases)
+        return statistics.median(sum(v for k, v in p.items() if not k.startswith("vit_") and pred(k)) for p in phases)
 
     prepare = med(lambda k: k.endswith("_prepare_inputs"))
     gen = med(lambda k: k.endswith("generate"))
@@ -168,7 +176,8 @@ def _trl_worker(setup: dict, a) -> dict:
     step = statistics.median(steps)
     return {"step_s": step, "phases": {"rollout": gen, "reward": reward, "logprob": logprob,
                                        "other_prepare": prepare - gen - reward - logprob, "update": step - prepare},
-            "vit_calls": statistics.median(p["vit_calls"] for p in phases), "profiled": sorted(phases[-1])}
+            "vit_calls": statistics.median(p["vit_calls"] for p in phases),
+            "vit_images": statistics.median(p["vit_images"] for p in phases), "profiled": sorted(phases[-1])}
 
 
 def _trl(setup: dict, a) -> dict:
@@ -213,7 +222,7 @@ def main() -> int:
         ratio = [s / t for s, t in zip(steps, trl_steps)]
         shares = {k: round(statistics.median(r["phases"][k] / r["step_s"] for r in runs), 3) for k in runs[0]["phases"]}
         print(f"{name:10s} step s (min/med/max) {_mmm(steps)}  vs TRL {_mmm(ratio)}  ViT calls/step "
-              f"{statistics.median(r['vit_calls'] for r in runs):g}  shares {shares}")
+              f"{statistics.median(r['vit_calls'] for r in runs):g} (images {runs[0]['vit_images']})  shares {shares}")
     Path(a.out, "bench_grpo.json").write_text(json.dumps({"uptime": load, "args": vars(a), "results": results}, indent=1))
     return 0
 
