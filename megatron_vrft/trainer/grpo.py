@@ -33,6 +33,9 @@ def grpo_step(run, batch) -> dict:
     """One GRPO step on ``batch`` (a `PromptBatch`); returns the step's metrics (same on all ranks)."""
     cfg, parts, g = run.cfg, run.grpo, run.cfg.grpo
     leader, vit0 = run.train.replica.is_leader, _vit_calls(run)
+    if parts.synced_step != run.step:  # resumed from a checkpoint: the engine holds older weights
+        with run.timers("weight_sync"):
+            parts.weight_sync(run.model)
     with run.timers("rollout"):
         groups = _generate(run, batch)
         rollout = _rollout(run, batch, groups)
@@ -54,6 +57,7 @@ def grpo_step(run, batch) -> dict:
     with run.timers("weight_sync"):
         parts.engine.wake()
         synced = parts.weight_sync(run.model)
+    parts.synced_step = run.step + 1  # the loop counts this step once it returns
     gap = updates[0]["gap"] if gap is None else gap
     return _summarize(run, batch, scores, rollout, groups, updates, gap, synced, _vit_calls(run) - vit0)
 

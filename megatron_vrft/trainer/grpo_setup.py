@@ -23,12 +23,15 @@ __all__ = ["GRPOParts", "prompt_stream", "total_steps", "build_grpo"]
 @dataclass
 class GRPOParts:
     """engine: this rank's rollout engine; reference: the frozen reference model chunk (None when
-    ``kl_beta == 0``); weight_sync: `WeightSync` into the engine; pad_id: the packing pad token."""
+    ``kl_beta == 0``); weight_sync: `WeightSync` into the engine; pad_id: the packing pad token;
+    synced_step: the ``run.step`` whose weights the engine holds (a resume loads newer ones: the
+    step then syncs before it samples)."""
 
     engine: Any
     reference: Optional[torch.nn.Module]
     weight_sync: Any
     pad_id: int
+    synced_step: int = 0
 
 
 def prompt_stream(cfg: RunConfig, tokenizer, hf_config, replica):

@@ -129,3 +129,18 @@ def test_grpo_pp2_hf_engine(tiny, hf_run):
 
 def test_grpo_tp2_vllm_engine(tiny, vllm_run):
     _same_run(_launch(tiny, "tp2_vllm", VLLM_RUN + ["parallel.tp=2", "checkpoint.export_hf=false"], nproc=2), vllm_run)
+
+
+def test_grpo_resume_hf_engine(tiny, hf_run):
+    """1 step + save, then a rerun to 2 steps resumes (model, optimizer, data position, step) and
+    re-syncs the engine before sampling: its step 2 is the uninterrupted run's step 2."""
+    root = tiny[0]
+    save = [f"checkpoint.save_dir={root / 'resume_ck'}", "checkpoint.export_hf=false"]
+    _launch(tiny, "resume", HF_RUN + save + ["grpo.max_steps=1"])
+    resumed = read_metrics(_launch(tiny, "resume", HF_RUN + save))
+    assert [r["step"] for r in resumed] == [1, 2]
+    a, b = resumed[1], read_metrics(hf_run)[1]
+    for key in ("reward", "reward_std", "completion_len"):
+        assert a[key] == b[key], key
+    for key in ("loss", "grad_norm", "kl"):
+        assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key

@@ -1,0 +1,33 @@
+"""examples/run_grpo.py's entry: usage without --config, one-line config errors with exit status 2."""
+
+import subprocess
+import sys
+
+from megatron_vrft.testing.grpo_run import ROOT, _env
+
+SCRIPT = str(ROOT / "examples/run_grpo.py")
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, env=_env(), cwd=ROOT,
+                          timeout=120)
+
+
+def test_no_config_prints_usage():
+    proc = _run()
+    assert proc.returncode == 2 and proc.stderr.startswith("usage: run_grpo.py") and "--config FILE" in proc.stderr
+
+
+def test_config_errors_are_one_line():
+    proc = _run("--config", str(ROOT / "examples/configs/tiny/rbft_grpo.yaml"), "grpo.num_generations=1")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {ROOT}/examples/configs/tiny/rbft_grpo.yaml:19: grpo.num_generations: GRPO needs at least 2 "
+        "completions per prompt"]
+    proc = _run("--config", str(ROOT / "examples/configs/demo_sft_cpu.yaml"))
+    assert proc.returncode == 2 and "run_grpo.py runs mode 'grpo', the config says 'sft'" in proc.stderr
+
+
+def test_help_lists_config_keys():
+    proc = _run("--help")
+    assert proc.returncode == 0 and "grpo.updates_per_rollout (default 1)" in proc.stdout
