@@ -47,7 +47,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megatron_vrft.checkpoint.atomic import COMPLETE, CheckpointError, atomic_dir, is_complete
+from megatron_vrft.checkpoint.atomic import COMPLETE, CheckpointError, atomic_dir, is_complete, is_ours
 from megatron_vrft.checkpoint.safe_load import verify_dist_checkpoint, weights_only_loads
 from megatron_vrft.models.qwen2_5_vl import weights as W
 from megatron_vrft.runtime.collective import agree
@@ -235,10 +235,11 @@ def read_trainer_state(path: str | Path) -> dict[str, Any]:
 
 
 def is_trainer_checkpoint(path: str | Path) -> bool:
-    """True for a directory this trainer wrote: ``step_<N>`` holding our ``trainer_state.json``
-    (complete or not). Nothing else in a save_dir is ever deleted by rotation."""
+    """True for a directory this trainer wrote: a ``step_<N>`` directory of ours (``atomic.is_ours``,
+    the rule ``atomic_dir(overwrite=True)`` replaces by) holding a ``trainer_state.json`` of this
+    trainer's format (complete or not). Rotation deletes nothing else but temp dirs of dead saves."""
     path = Path(path)
-    if not (_STEP_DIR.match(path.name) and path.is_dir() and (path / STATE_FILE).is_file()):
+    if not (_STEP_DIR.match(path.name) and is_ours(path) and (path / STATE_FILE).is_file()):
         return False
     try:
         return json.loads((path / STATE_FILE).read_text()).get("format") == FORMAT
@@ -253,9 +254,8 @@ def list_checkpoints(save_dir: str | Path) -> list[tuple[int, Path]]:
         return []
     found = []
     for p in root.iterdir():
-        m = _STEP_DIR.match(p.name)
-        if m and is_complete(p) and is_trainer_checkpoint(p):
-            found.append((int(m.group(1)), p))
+        if is_trainer_checkpoint(p) and is_complete(p):
+            found.append((int(_STEP_DIR.match(p.name).group(1)), p))
     return sorted(found)
 
 
@@ -276,8 +276,9 @@ def _pid_alive(pid: int) -> bool:
 
 def rotate_checkpoints(save_dir: str | Path, keep_last: int) -> list[Path]:
     """Deletes all but the newest ``keep_last`` complete trainer checkpoints (0 = keep all), and the
-    temp dirs of saves whose process is gone (``step_<N>.tmp-<pid>`` left by a crash). Only
-    directories recognisably ours are touched. Returns what was deleted."""
+    temp dirs of saves whose process is gone (``step_<N>.tmp-<pid>`` left by a crash: ``atomic_dir``
+    names them so; its owner file is written only when a save completes). Only directories
+    recognisably ours are touched. Returns what was deleted."""
     root = Path(save_dir)
     deleted = []
     complete = list_checkpoints(root)

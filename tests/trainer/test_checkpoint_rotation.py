@@ -3,6 +3,7 @@
 import json
 import os
 
+from megatron_vrft.checkpoint.atomic import OWNER, atomic_dir
 from megatron_vrft.trainer.checkpoint import FORMAT, STATE_FILE, latest_checkpoint, list_checkpoints, rotate_checkpoints
 
 
@@ -34,3 +35,13 @@ def test_rotation_keeps_newest_and_never_deletes_foreign_dirs(tmp_path):
         "notes", "step_1", "step_10", "step_12", "step_3", "step_6", f"step_9.tmp-{os.getpid()}"]
     assert latest_checkpoint(tmp_path) == tmp_path / "step_10"
     assert rotate_checkpoints(tmp_path, keep_last=0) == []  # 0 keeps all
+
+
+def test_rotation_recognises_what_atomic_dir_writes(tmp_path):
+    """save_checkpoint writes through atomic_dir: its owner file and marker make the step dir ours."""
+    for s in (1, 2):
+        with atomic_dir(tmp_path / f"step_{s}", overwrite=True) as tmp:
+            (tmp / STATE_FILE).write_text(json.dumps({"format": FORMAT, "version": 1, "step": s}))
+    assert (tmp_path / "step_1" / OWNER).is_file()
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [1, 2]
+    assert rotate_checkpoints(tmp_path, keep_last=1) == [tmp_path / "step_1"]
