@@ -41,7 +41,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from megatron_vrft.checkpoint.atomic import CheckpointError, atomic_dir  # noqa: E402
+from megatron_vrft.checkpoint import assemble  # noqa: E402
+from megatron_vrft.checkpoint.atomic import atomic_dir  # noqa: E402
 from megatron_vrft.checkpoint.hf_io import write_hf_checkpoint  # noqa: E402
 from megatron_vrft.checkpoint.stream import TensorSpec  # noqa: E402
 from megatron_vrft.models.qwen2_5_vl import weights as W  # noqa: E402
@@ -119,48 +120,32 @@ def run_measured(cmd: list[str]) -> tuple[float, float]:
     return wall, peak * 1024 / GIB
 
 
-CHUNK = 64 * 1024**2  # assemble._CHUNK
-
-
 class PlainOutput:
-    """The plain alternative to ``assemble._Output`` (same interface): the same chunk buffer,
-    written synchronously with ordinary page-cache writes, no thread, no O_DIRECT."""
+    """The plain alternative to ``assemble._Output`` (same interface): the same chunk filling
+    (``assemble._Chunks``), each full chunk written synchronously with ordinary page-cache writes,
+    no thread, no O_DIRECT."""
 
     def __init__(self, path: Path, size: int):
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-        self._buf, self._pos = mmap.mmap(-1, CHUNK), 0
+        self._chunks = assemble._Chunks(mmap.mmap(-1, assemble._CHUNK), self._full)
 
-    def _flush(self) -> None:
-        view = memoryview(self._buf)[: self._pos]
+    def _write(self, view: memoryview) -> None:
         while view.nbytes:
             view = view[os.write(self._fd, view):]
-        self._pos = 0
+
+    def _full(self, buf: mmap.mmap) -> mmap.mmap:
+        self._write(memoryview(buf))
+        return buf
 
     def put(self, data) -> None:
-        view = memoryview(data).cast("B")
-        while view.nbytes:
-            k = min(view.nbytes, CHUNK - self._pos)
-            self._buf[self._pos : self._pos + k] = view[:k]
-            self._pos += k
-            view = view[k:]
-            if self._pos == CHUNK:
-                self._flush()
+        self._chunks.put(data)
 
     def copy(self, fd: int, offset: int, n: int, src: Path) -> None:
-        while n:
-            k = min(n, CHUNK - self._pos)
-            got = os.preadv(fd, [memoryview(self._buf)[self._pos : self._pos + k]], offset)
-            if got == 0:
-                raise CheckpointError(f"{src} ended at byte {offset} while it was being read (truncated?)")
-            self._pos += got
-            offset += got
-            n -= got
-            if self._pos == CHUNK:
-                self._flush()
+        self._chunks.copy(fd, offset, n, src)
 
     def close(self) -> None:
         try:
-            self._flush()
+            self._write(memoryview(self._chunks.buf)[: self._chunks.pos])
         finally:
             os.close(self._fd)
 

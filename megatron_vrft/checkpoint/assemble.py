@@ -159,6 +159,39 @@ class FamilyIndex:
         return spec, pieces
 
 
+class _Chunks:
+    """Fills ``_CHUNK``-sized buffers front to back; ``full(buf)`` takes each full one and returns the
+    buffer to fill next. The filling half of an output writer (``_Output``; bench_convert's plain one)."""
+
+    def __init__(self, buf: mmap.mmap, full: Callable[[mmap.mmap], mmap.mmap]):
+        self.buf, self.pos, self._full = buf, 0, full
+
+    def _advance(self, k: int) -> None:
+        self.pos += k
+        if self.pos == _CHUNK:
+            self.buf, self.pos = self._full(self.buf), 0
+
+    def put(self, data) -> None:
+        """Appends a bytes-like object."""
+        view = memoryview(data).cast("B")
+        while view.nbytes:
+            k = min(view.nbytes, _CHUNK - self.pos)
+            self.buf[self.pos : self.pos + k] = view[:k]
+            view = view[k:]
+            self._advance(k)
+
+    def copy(self, fd: int, offset: int, n: int, src: Path) -> None:
+        """Appends ``n`` bytes of file ``fd`` from ``offset``, read straight into the chunk buffer."""
+        while n:
+            k = min(n, _CHUNK - self.pos)
+            got = os.preadv(fd, [memoryview(self.buf)[self.pos : self.pos + k]], offset)
+            if got == 0:
+                raise CheckpointError(f"{src} ended at byte {offset} while it was being read (truncated?)")
+            offset += got
+            n -= got
+            self._advance(got)
+
+
 class _Output:
     """One output file written front to back through ``_CHUNK``-sized page-aligned buffers, each
     written by a background thread (reading the next runs overlaps the disk write) with
@@ -181,7 +214,7 @@ class _Output:
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._write_chunks, name="assemble-writer", daemon=True)
         self._thread.start()
-        self._buf, self._pos = self._free.get(), 0
+        self._chunks = _Chunks(self._free.get(), self._next_chunk)
 
     def _write_chunks(self) -> None:
         while (job := self._full.get()) is not None:
@@ -203,43 +236,27 @@ class _Output:
                     raise
                 fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~_O_DIRECT)  # opened, but direct writes refused
 
-    def _next_chunk(self) -> None:
-        self._full.put((self._buf, _CHUNK))
-        self._buf, self._pos = self._free.get(), 0
+    def _next_chunk(self, buf: mmap.mmap) -> mmap.mmap:
+        self._full.put((buf, _CHUNK))
+        nxt = self._free.get()
         if self._error is not None:
             raise self._error
+        return nxt
 
     def put(self, data) -> None:
-        """Appends a bytes-like object."""
-        view = memoryview(data).cast("B")
-        while view.nbytes:
-            k = min(view.nbytes, _CHUNK - self._pos)
-            self._buf[self._pos : self._pos + k] = view[:k]
-            self._pos += k
-            view = view[k:]
-            if self._pos == _CHUNK:
-                self._next_chunk()
+        self._chunks.put(data)
 
     def copy(self, fd: int, offset: int, n: int, src: Path) -> None:
-        """Appends ``n`` bytes of file ``fd`` from ``offset``, read straight into the chunk buffer."""
-        while n:
-            k = min(n, _CHUNK - self._pos)
-            got = os.preadv(fd, [memoryview(self._buf)[self._pos : self._pos + k]], offset)
-            if got == 0:
-                raise CheckpointError(f"{src} ended at byte {offset} while it was being read (truncated?)")
-            self._pos += got
-            offset += got
-            n -= got
-            if self._pos == _CHUNK:
-                self._next_chunk()
+        self._chunks.copy(fd, offset, n, src)
 
     def close(self) -> None:
         """Writes the padded last chunk, waits for the writer, truncates to ``size``, closes."""
         try:
             try:
-                end = -(-self._pos // _ALIGN) * _ALIGN
-                self._buf[self._pos : end] = bytes(end - self._pos)
-                self._full.put((self._buf, end))
+                buf, pos = self._chunks.buf, self._chunks.pos
+                end = -(-pos // _ALIGN) * _ALIGN
+                buf[pos:end] = bytes(end - pos)
+                self._full.put((buf, end))
             finally:
                 self._full.put(None)
                 self._thread.join()

@@ -18,10 +18,12 @@ failed after its retries (counted by the judge client and logged).
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from . import similarity
 from .judge import ChatRequest, JudgeConfig, JudgeParseError, judge_client
@@ -160,34 +162,20 @@ def _gt_claims(value: object, index: int) -> list[Claim] | None:
     return claims_from_mapping(value) or None
 
 
-def _check_tar_options(
-    *,
-    base_url: str | None = None,
-    model: str | None = None,
-    api_key_env: str = "OPENAI_API_KEY",
-    timeout_s: float = 10.0,
-    max_retries: int = 3,
-    backoff_s: float = 0.5,
-    concurrency: int = 16,
-    temperature: float | None = None,
-    buffer_seconds: float = 2.0,
-    similarity_threshold: float = 0.75,
-) -> JudgeConfig:
-    """The judge config of the options (RewardConfigError for a bad value); run at config load too."""
+_JUDGE_OPTIONS = ("api_key_env", "timeout_s", "max_retries", "backoff_s", "concurrency", "temperature")
+
+
+def _check_tar_options(**options: Any) -> JudgeConfig:
+    """The judge config of ``tar``'s options (its keyword defaults for those not given; the registry
+    checks the names against its signature); RewardConfigError for a bad value. Run at config load too."""
+    o = {n: p.default for n, p in inspect.signature(tar).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    o.update(options)
+    buffer_seconds, similarity_threshold = o["buffer_seconds"], o["similarity_threshold"]
     if not isinstance(buffer_seconds, (int, float)) or not math.isfinite(buffer_seconds) or buffer_seconds < 0:
         raise RewardConfigError(f"reward 'tar': buffer_seconds must be a finite number >= 0, got {buffer_seconds!r}")
     if not isinstance(similarity_threshold, (int, float)) or not -1.0 <= similarity_threshold <= 1.0:
         raise RewardConfigError(f"reward 'tar': similarity_threshold must be in [-1, 1], got {similarity_threshold!r}")
-    return JudgeConfig(
-        base_url=base_url or "",
-        model=model or "",
-        api_key_env=api_key_env,
-        timeout_s=timeout_s,
-        max_retries=max_retries,
-        backoff_s=backoff_s,
-        concurrency=concurrency,
-        temperature=temperature,
-    )
+    return JudgeConfig(base_url=o["base_url"] or "", model=o["model"] or "", **{k: o[k] for k in _JUDGE_OPTIONS})
 
 
 # background: the judge's network round trips overlap the trainer's logprob passes

@@ -12,8 +12,10 @@ At the end of the block every rank all-reduces a failure flag (one int, the only
 If any rank raised, the ranks all-gather ``(type, message)`` of each rank's exception and every
 rank raises ``CollectiveError`` naming the lowest failing (global) rank and its error (chained to its own
 exception where it had one, so a failing rank keeps its traceback). Every rank of ``group`` must
-enter the block; ``BaseException``s that are not ``Exception`` (Ctrl-C, ``SystemExit``) pass
-through unchanged: they reach every rank of a torchrun job anyway.
+enter the block. What is agreed on is ``errors`` (default ``Exception``; the trainer adds torch DCP's
+``CheckpointException``, a ``BaseException``); anything else (Ctrl-C, ``SystemExit``) passes
+through unchanged: it reaches every rank of a torchrun job anyway. A one-rank group needs no
+collective: the block's error is raised as the same ``CollectiveError`` at once.
 """
 
 from __future__ import annotations
@@ -45,17 +47,23 @@ def _flag_device(group: Any) -> torch.device:
 
 
 @contextmanager
-def agree(what: str, group: Any = None) -> Iterator[None]:
+def agree(what: str, group: Any = None, errors: tuple[type[BaseException], ...] = (Exception,)) -> Iterator[None]:
     """Runs the block, then raises ``CollectiveError`` on every rank of ``group`` (default: the
-    world) if it raised on any (see module doc). Outside torch.distributed the block just runs."""
+    world) if it raised one of ``errors`` on any (see module doc). Outside torch.distributed the
+    block just runs."""
     if not dist.is_available() or not dist.is_initialized():
         yield
         return
-    error: Exception | None = None
+    error: BaseException | None = None
     try:
         yield
-    except Exception as e:  # noqa: BLE001 - re-raised on every rank below
+    except errors as e:  # noqa: BLE001 - re-raised on every rank below
         error = e
+    if dist.get_world_size(group) == 1:
+        if error is not None:
+            rank = dist.get_rank()
+            raise CollectiveError(what, rank, type(error).__name__, str(error), [rank]) from error
+        return
     flag = torch.tensor([0 if error is None else 1], dtype=torch.int32, device=_flag_device(group))
     dist.all_reduce(flag, group=group)
     if flag.item() == 0:

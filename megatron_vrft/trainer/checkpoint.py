@@ -46,17 +46,23 @@ from typing import Any, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.api import CheckpointException
 
-from megatron_vrft.checkpoint.atomic import COMPLETE, CheckpointError, atomic_dir, is_complete
+from megatron_vrft.checkpoint.atomic import COMPLETE, CheckpointError, atomic_dir, is_complete, is_ours
 from megatron_vrft.checkpoint.safe_load import verify_dist_checkpoint, weights_only_loads
 from megatron_vrft.models.qwen2_5_vl import weights as W
-from megatron_vrft.trainer.weights_io import PretrainedPathError, architecture_diff, export_hf, load_initial_weights
+from megatron_vrft.runtime.collective import agree
+from megatron_vrft.trainer.weights_io import (
+    CHECKPOINT_ERRORS,
+    PretrainedPathError,
+    architecture_diff,
+    export_hf,
+    load_initial_weights,
+)
 
 __all__ = [
     "FORMAT", "STATE_FILE", "save_checkpoint", "resume_if_any", "load_checkpoint", "load_model_from_checkpoint",
     "latest_checkpoint", "list_checkpoints", "read_trainer_state", "is_trainer_checkpoint", "rotate_checkpoints",
-    "agree", "PretrainedPathError", "load_initial_weights", "export_hf",
+    "PretrainedPathError", "load_initial_weights", "export_hf",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,33 +73,12 @@ STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _TMP_DIR = re.compile(r"^step_(\d+)\.(tmp|old)-(\d+)$")
 _SHARDING = {"distrib_optim_sharding_type": "fully_reshardable"}
-# DCP raises CheckpointException, a BaseException, on every rank of a failed save/load.
-_ERRORS = (Exception, CheckpointException)
 # Crash tests only: "STEP:SECONDS" sleeps in the save of step STEP after every rank wrote its
 # shards, before the directory is completed (so a SIGKILL lands "during the write").
 _PAUSE_ENV = "MEGATRON_VRFT_TEST_SAVE_PAUSE"
 
 
 # ---- collective helpers -----------------------------------------------------------------------
-def _flag_device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-
-def agree(error: Optional[BaseException], what: str) -> None:
-    """Collective: raises on EVERY rank when any rank has ``error`` (its own error where it has one),
-    so that no rank walks on into a collective the failed rank will never join."""
-    if not dist.is_initialized():
-        if error is not None:
-            raise error
-        return
-    flag = torch.tensor([0 if error is None else 1], device=_flag_device())
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    if error is not None:
-        raise error
-    if flag.item():
-        raise CheckpointError(f"{what} failed on another rank (see that rank's error)")
-
-
 def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
@@ -250,10 +235,11 @@ def read_trainer_state(path: str | Path) -> dict[str, Any]:
 
 
 def is_trainer_checkpoint(path: str | Path) -> bool:
-    """True for a directory this trainer wrote: ``step_<N>`` holding our ``trainer_state.json``
-    (complete or not). Nothing else in a save_dir is ever deleted by rotation."""
+    """True for a directory this trainer wrote: a ``step_<N>`` directory of ours (``atomic.is_ours``,
+    the rule ``atomic_dir(overwrite=True)`` replaces by) holding a ``trainer_state.json`` of this
+    trainer's format (complete or not). Rotation deletes nothing else but temp dirs of dead saves."""
     path = Path(path)
-    if not (_STEP_DIR.match(path.name) and path.is_dir() and (path / STATE_FILE).is_file()):
+    if not (_STEP_DIR.match(path.name) and is_ours(path) and (path / STATE_FILE).is_file()):
         return False
     try:
         return json.loads((path / STATE_FILE).read_text()).get("format") == FORMAT
@@ -268,9 +254,8 @@ def list_checkpoints(save_dir: str | Path) -> list[tuple[int, Path]]:
         return []
     found = []
     for p in root.iterdir():
-        m = _STEP_DIR.match(p.name)
-        if m and is_complete(p) and is_trainer_checkpoint(p):
-            found.append((int(m.group(1)), p))
+        if is_trainer_checkpoint(p) and is_complete(p):
+            found.append((int(_STEP_DIR.match(p.name).group(1)), p))
     return sorted(found)
 
 
@@ -291,8 +276,9 @@ def _pid_alive(pid: int) -> bool:
 
 def rotate_checkpoints(save_dir: str | Path, keep_last: int) -> list[Path]:
     """Deletes all but the newest ``keep_last`` complete trainer checkpoints (0 = keep all), and the
-    temp dirs of saves whose process is gone (``step_<N>.tmp-<pid>`` left by a crash). Only
-    directories recognisably ours are touched. Returns what was deleted."""
+    temp dirs of saves whose process is gone (``step_<N>.tmp-<pid>`` left by a crash: ``atomic_dir``
+    names them so; its owner file is written only when a save completes). Only directories
+    recognisably ours are touched. Returns what was deleted."""
     root = Path(save_dir)
     deleted = []
     complete = list_checkpoints(root)
@@ -311,7 +297,7 @@ def rotate_checkpoints(save_dir: str | Path, keep_last: int) -> list[Path]:
 def save_checkpoint(run: Any) -> Path:
     """Collective: writes ``<checkpoint.save_dir>/step_<run.step>/`` (see the module doc); an existing
     directory of that step is replaced only once the new one is complete. Rank 0 then applies
-    ``keep_last``. Any rank's failure raises on every rank."""
+    ``keep_last``. Any rank's failure raises ``CollectiveError`` on every rank."""
     from megatron.core import dist_checkpointing
 
     cfg = run.cfg.checkpoint
@@ -319,28 +305,21 @@ def save_checkpoint(run: Any) -> Path:
         raise CheckpointError("checkpoint.save_dir is not set: nowhere to save")
     final = Path(cfg.save_dir).absolute() / f"step_{run.step}"
     rank0 = _rank() == 0
-    ctx, tmp, error = None, None, None
-    if rank0:
-        try:
-            ctx = atomic_dir(final, overwrite=True)
-            tmp = str(ctx.__enter__())
-        except Exception as e:  # noqa: BLE001 - shared with every rank by agree()
-            error = e
-    agree(error, f"creating {final}")
-    tmp = _broadcast(tmp)
+    ctx, tmp = None, None  # ctx: rank 0's entered atomic_dir, until it is completed
     try:
-        error = None
-        try:
+        with agree(f"creating {final}", errors=CHECKPOINT_ERRORS):
+            if rank0:
+                entering = atomic_dir(final, overwrite=True)
+                tmp = str(entering.__enter__())
+                ctx = entering
+        tmp = _broadcast(tmp)
+        with agree(f"writing checkpoint {final}", errors=CHECKPOINT_ERRORS):
             dist_checkpointing.save(_sharded_state(run, loading=False), tmp)
-        except _ERRORS as e:
-            error = e
-        agree(error, f"writing checkpoint {final}")
         pause_step, _, pause_s = os.environ.get(_PAUSE_ENV, "").partition(":")
         if pause_step and int(pause_step) == run.step:
             time.sleep(float(pause_s))
-        if rank0:
-            error = None
-            try:
+        with agree(f"completing checkpoint {final}", errors=CHECKPOINT_ERRORS):
+            if rank0:
                 state = {"format": FORMAT, "version": VERSION, "step": int(run.step),
                          "consumed_samples": int(run.consumed_samples), **_layout(),
                          "first_stage_layers": run.cfg.model.first_stage_llm_layers,
@@ -350,9 +329,6 @@ def save_checkpoint(run: Any) -> Path:
                 ctx.__exit__(None, None, None)
                 ctx = None
                 rotate_checkpoints(cfg.save_dir, cfg.keep_last)
-            except Exception as e:  # noqa: BLE001
-                error = e
-        agree(error, f"completing checkpoint {final}")
     except BaseException as e:
         if ctx is not None:
             ctx.__exit__(type(e), e, e.__traceback__)
@@ -379,7 +355,7 @@ def _load(sd: dict, path: Path) -> dict:
     try:
         with weights_only_loads():
             return dist_checkpointing.load(sd, str(path))
-    except _ERRORS as e:
+    except CHECKPOINT_ERRORS as e:
         # torch's weights-only unpickler refused an object inside a .distcp file (DCP collects the
         # per-rank exceptions in CheckpointException.failures)
         causes = [e, *(exc for exc, _ in getattr(e, "failures", {}).values())]
@@ -398,16 +374,12 @@ def load_checkpoint(run: Any, path: str | Path) -> None:
     """Collective: restores model, optimizer, scheduler, data position, step (and RNG at the saved
     layout) from the trainer checkpoint ``path``; moves ``run.metrics`` back to that step."""
     path = Path(path)
-    error, state = None, None
-    try:
+    state: dict = {}
+    with agree(f"reading {path}", errors=CHECKPOINT_ERRORS):
         state = read_trainer_state(path)
         _check_compatible(state, run, path)
-    except Exception as e:  # noqa: BLE001
-        error = e
-    agree(error, f"reading {path}")
     same_layout = all(state[k] == v for k, v in _layout().items())
-    error = None
-    try:
+    with agree(f"loading {path}", errors=CHECKPOINT_ERRORS):
         loaded = _load(_sharded_state(run, loading=True, rng=same_layout), path)
         _load_models(run.model, loaded)
         _load_optimizer(run.optimizer, loaded["optimizer"])
@@ -417,9 +389,6 @@ def load_checkpoint(run: Any, path: str | Path) -> None:
         run.step, run.consumed_samples = int(loaded["step"]), int(loaded["consumed_samples"])
         if same_layout:
             _set_rng_state(loaded["rng"])
-    except _ERRORS as e:
-        error = e if isinstance(e, CheckpointError) else CheckpointError(f"loading {path}: {type(e).__name__}: {e}")
-    agree(error, f"loading {path}")
     if not same_layout and _rank() == 0:
         log.warning("resumed %s saved at %s on tp=%d pp=%d dp=%d: model and optimizer resharded; RNG states "
                     "keep this run's seeding", path, {k: state[k] for k in ("tp", "pp", "dp")}, *_layout().values())

@@ -20,8 +20,9 @@ as ``config.json`` + safetensors in the released key layout + the tokenizer / pr
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch.distributed.checkpoint.api import CheckpointException
@@ -29,12 +30,32 @@ from torch.distributed.checkpoint.api import CheckpointException
 from megatron_vrft.checkpoint.atomic import CheckpointError, atomic_dir
 from megatron_vrft.config import ConfigError
 from megatron_vrft.models.qwen2_5_vl import weights as W
+from megatron_vrft.runtime.collective import CollectiveError, agree
 
-__all__ = ["PretrainedPathError", "architecture_diff", "resolve_initial_weights", "load_initial_weights", "export_hf"]
+__all__ = ["CHECKPOINT_ERRORS", "PretrainedPathError", "architecture_diff", "resolve_initial_weights",
+           "load_initial_weights", "export_hf"]
+
+
+# What the trainer's ``collective.agree`` blocks agree on: torch DCP raises CheckpointException, a
+# BaseException, on every rank of a failed save/load.
+CHECKPOINT_ERRORS = (Exception, CheckpointException)
 
 
 class PretrainedPathError(ConfigError):
     """A weights path that is set but unusable; the message is one line naming the key and path."""
+
+
+@contextmanager
+def _agree_on_path(what: str) -> Iterator[None]:
+    """``collective.agree`` over the world, where a ``PretrainedPathError`` of the first failing rank
+    is raised as one on every rank (its one line: the entry scripts print it and exit 2)."""
+    try:
+        with agree(what, errors=CHECKPOINT_ERRORS):
+            yield
+    except CollectiveError as e:
+        if e.error_type == PretrainedPathError.__name__:
+            raise PretrainedPathError(e.message) from e
+        raise
 
 
 def architecture_diff(mine: Any, theirs: Any) -> str:
@@ -101,32 +122,28 @@ def load_initial_weights(cfg: Any, model_chunks: list, hf_config: Any) -> str:
     from megatron_vrft.checkpoint.hf_io import HFCheckpoint
     from megatron_vrft.checkpoint.mcore_io import load_mcore_checkpoint
     from megatron_vrft.models.qwen2_5_vl import live
-    from megatron_vrft.trainer.checkpoint import agree, load_model_from_checkpoint
+    from megatron_vrft.trainer.checkpoint import load_model_from_checkpoint
 
-    error = None
-    try:
+    with _agree_on_path("checking the initial weights"):
         key, kind, path = resolve_initial_weights(cfg, hf_config)
-    except PretrainedPathError as e:
-        error = e
-    agree(error, "checking the initial weights")
     if len(model_chunks) != 1 and kind != "trainer":
         raise PretrainedPathError(f"{key}={path}: {kind} weights load into one model chunk per rank "
                                   f"(virtual pipeline stages are not supported), got {len(model_chunks)}")
     fsl = cfg.model.first_stage_llm_layers
-    error = None
-    try:
-        if kind == "trainer":
-            load_model_from_checkpoint(model_chunks, path)
-        elif kind == "mcore":
-            load_mcore_checkpoint(getattr(model_chunks[0], "module", model_chunks[0]), path, first_stage_layers=fsl)
-        else:
-            ck = HFCheckpoint(path)
-            live.load_into_model(getattr(model_chunks[0], "module", model_chunks[0]), ck.get, hf_config,
-                                 first_stage_layers=fsl)
-            ck.close()
-    except (Exception, CheckpointException) as e:  # noqa: BLE001 - shared with every rank, named by path
-        error = PretrainedPathError(f"{key}={path}: cannot load its {kind} weights: {str(e).splitlines()[0]}")
-    agree(error, f"loading the initial weights from {path}")
+    with _agree_on_path(f"loading the initial weights from {path}"):
+        try:
+            if kind == "trainer":
+                load_model_from_checkpoint(model_chunks, path)
+            elif kind == "mcore":
+                load_mcore_checkpoint(getattr(model_chunks[0], "module", model_chunks[0]), path,
+                                      first_stage_layers=fsl)
+            else:
+                ck = HFCheckpoint(path)
+                live.load_into_model(getattr(model_chunks[0], "module", model_chunks[0]), ck.get, hf_config,
+                                     first_stage_layers=fsl)
+                ck.close()
+        except CHECKPOINT_ERRORS as e:  # noqa: BLE001 - named by path, shared with every rank
+            raise PretrainedPathError(f"{key}={path}: cannot load its {kind} weights: {str(e).splitlines()[0]}") from e
     return f"{kind} weights from {path} ({key})"
 
 
@@ -153,7 +170,6 @@ def export_hf(run: Any, out_dir: str | Path) -> Path:
 
     from megatron_vrft.checkpoint.hf_io import copy_hf_side_files, write_hf_checkpoint
     from megatron_vrft.models.qwen2_5_vl import live
-    from megatron_vrft.trainer.checkpoint import agree
 
     if len(run.model) != 1:
         raise CheckpointError("HF export supports one model chunk per rank (no virtual pipeline stages)")
@@ -165,21 +181,19 @@ def export_hf(run: Any, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     tensors = live.export_hf_state(model, hf_config, first_stage_layers=fsl)
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
-    error = None
-    if rank0:
+    with agree(f"HF export to {out}", errors=CHECKPOINT_ERRORS):
         try:
-            with atomic_dir(out, overwrite=True, marker=False) as tmp:
-                if run.processor_dir:
-                    copy_hf_side_files(Path(run.processor_dir), tmp)
-                plan = _export_plan(hf_config, pp, fsl, dtype)
-                write_hf_checkpoint(tmp, plan, _in_plan_order(plan, tensors))
-                exported = hf_config.to_dict()
-                exported["dtype"] = str(dtype).removeprefix("torch.")
-                exported["architectures"] = ["Qwen2_5_VLForConditionalGeneration"]
-                (tmp / "config.json").write_text(json.dumps(exported, indent=2, sort_keys=True) + "\n")
-        except Exception as e:  # noqa: BLE001 - every rank fails with it
-            error = CheckpointError(f"HF export to {out} failed: {type(e).__name__}: {e}")
-    for _ in tensors:  # the other ranks take part in every gather (rank 0 consumed them above)
-        pass
-    agree(error, f"HF export to {out}")
+            if rank0:
+                with atomic_dir(out, overwrite=True, marker=False) as tmp:
+                    if run.processor_dir:
+                        copy_hf_side_files(Path(run.processor_dir), tmp)
+                    plan = _export_plan(hf_config, pp, fsl, dtype)
+                    write_hf_checkpoint(tmp, plan, _in_plan_order(plan, tensors))
+                    exported = hf_config.to_dict()
+                    exported["dtype"] = str(dtype).removeprefix("torch.")
+                    exported["architectures"] = ["Qwen2_5_VLForConditionalGeneration"]
+                    (tmp / "config.json").write_text(json.dumps(exported, indent=2, sort_keys=True) + "\n")
+        finally:
+            for _ in tensors:  # the other ranks take part in every gather (rank 0 consumed them above)
+                pass
     return out

@@ -1,5 +1,6 @@
 """``load_into_model``, ``export_hf_state`` and the mcore checkpoint save/load on gloo at TP=2 and at
-PP=2 (two processes): a checkpoint saved at TP=2 is loaded (resharded) at PP=2 and at TP=2 again.
+PP=2 (two processes; TP=1 there: the export's no-gather path): a checkpoint saved at TP=2 is loaded
+(resharded) at PP=2 and at TP=2 again.
 
 The model here is a stand-in with exactly the contract's parameter names and this rank's shard
 shapes (``mcore_shapes``), so the collective gather/broadcast logic is tested independently of the
@@ -59,6 +60,9 @@ def _load_and_export_layout(cfg_dict, sd, tp, pp, ckpt_dir):
         exported = dict(live.export_hf_state(model, cfg))
         want = set(W.hf_shapes(cfg))
         export_ok = set(exported) == want and all(torch.equal(exported[n], canon[n]) for n in want)
+        # the yielded tensors are the export's own (at TP=1 too, where nothing is gathered)
+        storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        export_ok &= not any(t.untyped_storage().data_ptr() in storages for t in exported.values())
         from_disk = _stand_in_model(shapes)
         if tp == 2 and not (Path(ckpt_dir) / "COMPLETE").exists():
             save_mcore_checkpoint(model, ckpt_dir, cfg)

@@ -30,6 +30,7 @@ CASES = [(), (1,), (0, 1)]  # failing ranks
 
 def _agree(rank):
     import torch.distributed as dist
+    from torch.distributed.checkpoint.api import CheckpointException
 
     from megatron_vrft.runtime import destroy_distributed, init_distributed
     from megatron_vrft.runtime.collective import agree
@@ -42,7 +43,20 @@ def _agree(rank):
                     raise ValueError(f"bad input on rank {rank}")
             dist.barrier()
 
-        return [_outcome(lambda: block(failing)) for failing in CASES]
+        def dcp_block():  # torch DCP's CheckpointException is a BaseException: agreed on when named
+            with agree("dcp step", errors=(Exception, CheckpointException)):
+                if rank == 1:
+                    raise CheckpointException("save failed", {})
+            dist.barrier()
+
+        def own_group(groups):  # a one-rank group: no collective, the same error
+            with agree("local step", group=groups[rank]):
+                if rank == 1:
+                    raise ValueError("bad input on rank 1")
+
+        groups = [dist.new_group([0]), dist.new_group([1])]
+        return [*(_outcome(lambda: block(failing)) for failing in CASES), _outcome(dcp_block),
+                _outcome(lambda: own_group(groups))]
     finally:
         destroy_distributed()
 
@@ -53,6 +67,9 @@ def test_agree_fails_every_rank_with_the_first_error():
         assert r[0] == ("ok",)
         assert r[1] == ("collective", 1, "ValueError", "bad input on rank 1", [1])
         assert r[2] == ("collective", 0, "ValueError", "bad input on rank 0", [0, 1])
+        assert r[3] == ("collective", 1, "CheckpointException", "CheckpointException ranks:dict_keys([])\n", [1])
+    assert per_rank[0][4] == ("ok",)
+    assert per_rank[1][4] == ("collective", 1, "ValueError", "bad input on rank 1", [1])
 
 
 def _model(cfg, tp):

@@ -161,6 +161,11 @@ def test_wrong_pretrained_paths_are_one_line_errors(stage1, tmp_path):
         assert "\n" not in msg and msg.startswith(f"checkpoint.pretrained_path={path}: ") and problem in msg, msg
     # a save_dir whose newest step is incomplete but an older one is complete: the complete one
     assert _resolve(cfg, root / "ckpt")[2] == root / "ckpt" / "step_2"
+    # a real save carries atomic_dir's owner file: rotation's and atomic_dir's "is ours" rule
+    from megatron_vrft.checkpoint.atomic import OWNER
+    from megatron_vrft.trainer.checkpoint import is_trainer_checkpoint
+
+    assert (root / "ckpt" / "step_2" / OWNER).is_file() and is_trainer_checkpoint(root / "ckpt" / "step_2")
 
 
 def test_wrong_pretrained_path_exits_nonzero_and_writes_nothing(stage1, tmp_path):
