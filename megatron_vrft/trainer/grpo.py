@@ -78,7 +78,8 @@ def _rollout(run, batch, groups) -> Rollout:
     cfg = run.cfg
     return build_rollout(batch.prompts, groups, updates=cfg.grpo.updates_per_rollout, pack_tokens=cfg.data.pack_tokens,
                          micro_batch_size=cfg.data.micro_batch_size, pad_id=run.grpo.pad_id,
-                         pad_to_multiple_of=cfg.parallel.tp if cfg.parallel.sequence_parallel else 1)
+                         pad_to_multiple_of=cfg.parallel.tp if cfg.parallel.sequence_parallel else 1,
+                         device=run.dist.device)
 
 
 def _start_rewards(specs, batch, groups):

@@ -205,10 +205,15 @@ def _chunks(n: int, k: int) -> list[range]:
 
 
 def build_rollout(prompts: list[SequenceItem], groups: list, *, updates: int, pack_tokens: int,
-                  micro_batch_size: int, pad_id: int, pad_to_multiple_of: int = 1) -> Rollout:
-    """``B`` prompts and their ``[B][G]`` completions -> `Rollout` (same on every rank of a replica)."""
+                  micro_batch_size: int, pad_id: int, pad_to_multiple_of: int = 1, device=None) -> Rollout:
+    """``B`` prompts and their ``[B][G]`` completions -> `Rollout` (same on every rank of a replica).
+
+    device: where the prompts' pixels go, once per prompt (its G sequences share the moved tensor)."""
     seqs, lps = [], []
     for prompt, group in zip(prompts, groups):
+        if device is not None:
+            prompt = dataclasses.replace(prompt, **{f: getattr(prompt, f).to(device) for f in _PIXELS
+                                                    if getattr(prompt, f) is not None})
         for c in group:
             seqs.append(grpo_item(prompt, c.token_ids))
             lps.append(c.logprobs)

@@ -17,7 +17,7 @@ import torch
 
 from megatron_vrft.config import ConfigError, RunConfig
 
-__all__ = ["GRPOParts", "prompt_stream", "total_steps", "build_grpo"]
+__all__ = ["GRPOParts", "check", "prompt_stream", "total_steps", "build_grpo"]
 
 
 @dataclass
@@ -66,14 +66,17 @@ def total_steps(cfg: RunConfig, stream) -> int:
     return cfg.grpo.epochs * per_epoch
 
 
-def _check(cfg: RunConfig) -> None:
-    """GRPO settings this step cannot run yet: refused, not ignored."""
+def check(cfg: RunConfig) -> None:
+    """GRPO settings the step cannot run: refused before anything is built, not ignored."""
     if cfg.rollout.tensor_parallel_size != 1:
         raise ConfigError("rollout.tensor_parallel_size: the GRPO step generates on each replica's leader only; "
                           "vLLM tensor parallelism across ranks is not wired into it yet (use 1)")
     if cfg.data.max_seq_len <= cfg.rollout.max_new_tokens:
         raise ConfigError(f"data.max_seq_len: {cfg.data.max_seq_len} leaves no room for prompts next to "
                           f"rollout.max_new_tokens = {cfg.rollout.max_new_tokens}")
+    if cfg.rollout.max_model_len < cfg.data.max_seq_len:
+        raise ConfigError(f"rollout.max_model_len: {cfg.rollout.max_model_len} is less than data.max_seq_len = "
+                          f"{cfg.data.max_seq_len}: the engine could not hold a full-length prompt + completion")
     if cfg.data.pack_tokens and cfg.data.pack_tokens < cfg.data.max_seq_len:
         raise ConfigError(f"data.pack_tokens: {cfg.data.pack_tokens} is less than data.max_seq_len = "
                           f"{cfg.data.max_seq_len}: a full-length prompt + completion could not be packed")
@@ -96,7 +99,6 @@ def build_grpo(cfg: RunConfig, model_chunks, hf_config, tokenizer, dtype) -> GRP
     from megatron_vrft.rollout.base import make_engine
     from megatron_vrft.rollout.sync import WeightSync
 
-    _check(cfg)
     engine = make_engine(cfg, hf_config, cfg.model.hf_path, tokenizer=tokenizer, dtype=dtype)
     reference = _reference(cfg, hf_config, dtype) if cfg.grpo.kl_beta > 0 else None
     sync = WeightSync(hf_config, engine, bucket_mb=cfg.rollout.weight_sync_bucket_mb,

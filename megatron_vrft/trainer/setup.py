@@ -169,6 +169,10 @@ def build(cfg: RunConfig) -> Run:
     from megatron_vrft.trainer.optim import build_optimizer, build_scheduler, freeze_modules
 
     p = cfg.parallel
+    if cfg.mode == "grpo":
+        from megatron_vrft.trainer import grpo_setup
+
+        grpo_setup.check(cfg)
     dist_info = init_distributed(p.tp, p.pp, p.cp, seed=cfg.seed)
     hf_config = _hf_config(cfg)
     tokenizer = _tokenizer(cfg)
@@ -181,8 +185,6 @@ def build(cfg: RunConfig) -> Run:
                                 use_distributed_optimizer=p.use_distributed_optimizer)
     replica = replica_layout()
     if cfg.mode == "grpo":
-        from megatron_vrft.trainer import grpo_setup
-
         train, evals = grpo_setup.prompt_stream(cfg, tokenizer, hf_config, replica), None
         total = grpo_setup.total_steps(cfg, train)
     else:

@@ -31,3 +31,13 @@ def test_config_errors_are_one_line():
 def test_help_lists_config_keys():
     proc = _run("--help")
     assert proc.returncode == 0 and "grpo.updates_per_rollout (default 1)" in proc.stdout
+
+
+def test_grpo_limits_checked_before_building():
+    proc = _run("--config", str(ROOT / "examples/configs/tiny/rbft_grpo.yaml"), "rollout.max_model_len=512")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: rollout.max_model_len: 512 is less than data.max_seq_len = 1024: the engine could not hold a "
+        "full-length prompt + completion"]
+    proc = _run("--config", str(ROOT / "examples/configs/tiny/rbft_grpo.yaml"), "rollout.tensor_parallel_size=2")
+    assert proc.returncode == 2 and "rollout.tensor_parallel_size" in proc.stderr
