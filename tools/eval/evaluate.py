@@ -47,7 +47,7 @@ def run_eval(engine, items, sampling, metric: str = "auto", metric_options: dict
     """
     if not items:
         raise ValueError("nothing to evaluate: no usable prompts")
-    columns = [item.sample.reward_columns() for item in items]
+    columns = [item.sample.columns for item in items]
     if metric == "auto":
         kinds = {metric_for(c) for c in columns}
         if len(kinds) != 1:
