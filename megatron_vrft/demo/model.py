@@ -1,6 +1,6 @@
 """The demo's tiny Qwen2.5-VL (random, HF format) with the byte-level tiny tokenizer saved beside it.
 
-Shape (found by experiment: it learns the demo task in ~60 SFT steps of 8 clips at lr 1e-3):
+Shape (found by experiment: it learns the demo task in ~60 SFT steps, batch 8, lr 1e-3):
 language model 2 layers, hidden 128, 4 heads of 32 (GQA, 2 KV heads), MLP 256, mRoPE section
 [4, 6, 6]; vision 2 blocks (block 1 full attention), hidden 64, 2 heads of 32, MLP 128, patch 14,
 merge 2; ~0.62 M parameters. Head size 32 is the smallest vLLM's CPU attention kernels accept, so

@@ -146,16 +146,23 @@ def test_convert_runs_the_converter_then_verify(tmp_path, stub_env):
                               "--hf-config /models/qwen --no-progress"]
 
 
+def _wait_for_step(proc, log: Path) -> None:
+    """Until the stub step runs (the batch shell has its USR1 trap by then)."""
+    deadline = time.time() + 30
+    while not (log.exists() and "torchrun" in log.read_text()):
+        if time.time() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise AssertionError(f"the step never started: {proc.communicate()}")
+        time.sleep(0.1)
+    time.sleep(0.3)
+
+
 def test_time_limit_warning_stops_the_step_and_requeues(tmp_path, stub_env):
     env, log = stub_env
     script = _render(tmp_path, "sft.sbatch", GRACE_S="5", MAX_RESTARTS="3")
     proc = subprocess.Popen(["/bin/bash", str(script)], env={**env, "STUB_SLEEP": "60", "SLURM_RESTART_COUNT": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 30
-    while not (log.exists() and "torchrun" in log.read_text()):
-        assert time.time() < deadline and proc.poll() is None, proc.communicate()
-        time.sleep(0.1)
-    time.sleep(0.3)
+    _wait_for_step(proc, log)
     start = time.time()
     os.kill(proc.pid, signal.SIGUSR1)
     out, err = proc.communicate(timeout=30)
@@ -167,8 +174,7 @@ def test_time_limit_warning_stops_the_step_and_requeues(tmp_path, stub_env):
     log.unlink()
     proc = subprocess.Popen(["/bin/bash", str(script)], env={**env, "STUB_SLEEP": "60", "SLURM_RESTART_COUNT": "3"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while not (log.exists() and "torchrun" in log.read_text()):
-        time.sleep(0.1)
+    _wait_for_step(proc, log)
     time.sleep(0.3)
     os.kill(proc.pid, signal.SIGUSR1)
     out, _ = proc.communicate(timeout=30)

@@ -3,7 +3,10 @@
 
 # The first node of the allocation hosts the c10d rendezvous (torchrun --rdzv-endpoint).
 slurm_rendezvous() {
-    MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+    # No `| head -n 1`: under pipefail, head closing the pipe early kills scontrol with SIGPIPE.
+    local hosts
+    hosts=$(scontrol show hostnames "$SLURM_JOB_NODELIST")
+    MASTER_ADDR=${hosts%%$'\n'*}
     MASTER_PORT=${MASTER_PORT:-$((29500 + SLURM_JOB_ID % 1000))}  # per job: two jobs on one node do not clash
     export MASTER_ADDR MASTER_PORT
 }
