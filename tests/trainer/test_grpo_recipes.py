@@ -10,7 +10,8 @@ and bad input does not stop a step.
   reward raises for odd-length completions, and the engine's first completion of every prompt is
   replaced by an empty one (0 tokens), no reference model (kl_beta 0): the run finishes, TAR is None for the sample it had to ask
   about (counted), the raising samples are counted, the empty completion is counted.
-rbft_grpo's tiny variant is loaded by tests/config (every shipped YAML) and shares the e2e runs' path.
+- rbft_grpo (HF engine) on its own Open-R1-Video JSONL is the e2e tests' run; here it runs on the
+  SmartHome-Bench CSV (``smarthome_vad``), the format the seed's labels come from: accuracy + format.
 """
 
 import subprocess
@@ -31,7 +32,7 @@ def inputs(tmp_path_factory):
     """The tiny configs' inputs (the commands in their headers), under a temporary directory."""
     root = tmp_path_factory.mktemp("tiny_recipes")
     for cmd in (["tools/make_tiny_model.py", "--out", str(root / "hf"), "--rollout"],
-                ["tools/make_synthetic.py", "--out", str(root / "data"), "--formats", "rarft_riq,video_r2"]):
+                ["tools/make_synthetic.py", "--out", str(root / "data"), "--formats", "rarft_riq,video_r2,smarthome_vad"]):
         subprocess.run([sys.executable, *cmd], cwd=ROOT, env=_env(), check=True, capture_output=True, timeout=120)
     return root
 
@@ -54,6 +55,17 @@ def test_tiny_rarft_grpo(inputs):
     for name in ("format_v2", "refuse_iou", "explain_correction"):
         assert isinstance(r[f"reward/{name}"], float) and r[f"reward_errors/{name}"] == 0  # computed, finite
     assert r["vit_calls"] == 2.0  # frozen ViT: once per prompt (2 prompts), shared by the ref and update passes
+
+
+def test_tiny_rbft_grpo_on_smarthome_csv(inputs):
+    out = inputs / "rbft_csv"
+    proc = launch_grpo(TINY / "rbft_grpo.yaml", _paths(inputs, "smarthome_vad", "smarthome_vad/Video_Annotation.csv")
+                       + ["data.format=smarthome_vad", "rollout.engine=hf", "grpo.max_steps=1"], out=out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (r,) = read_metrics(out)
+    assert r["completions"] == 4 and r["logprob_gap"] <= 1e-4
+    for name in ("accuracy", "format"):  # the CSV's labels reach the rewards: computed for every completion
+        assert isinstance(r[f"reward/{name}"], float) and r[f"reward_none/{name}"] == 0
 
 
 def _tar_overrides(base_url: str) -> list[str]:
