@@ -28,19 +28,24 @@ def patched():
 @pytest.mark.parametrize("interleaved", [False, True])
 def test_thd_rope_fast_path_is_bitwise_mcore(patched, interleaved, monkeypatch):
     original = patched.__wrapped__
-    seen = []
-    bshd = rope_utils._apply_rotary_pos_emb_bshd
-    monkeypatch.setattr(rope_utils, "_apply_rotary_pos_emb_bshd", lambda *a, **k: seen.append(a[1]) or bshd(*a, **k))
     assert original.__name__ == "_apply_rotary_pos_emb_thd" and not hasattr(original, "__wrapped__")
     g = torch.Generator().manual_seed(0)
     lens = [5, 1, 9, 3]
     cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
-    t = torch.randn(sum(lens), 3, 8, generator=g)
     freqs = torch.randn(sum(lens), 1, 1, 8, generator=g) * 10  # mRoPE: one row per packed position
     kw = dict(rotary_interleaved=interleaved, cp_group=_OneRank())
-    fast, ref = patched(t, cu, freqs, **kw), original(t, cu, freqs, **kw)
-    assert seen[0] is freqs and seen[1] is not freqs  # fast path: the table itself, no re-assembly
-    assert torch.equal(fast, ref)
+    cos_calls = []
+    cos = torch.cos
+    monkeypatch.setattr(torch, "cos", lambda x: cos_calls.append(x) or cos(x))
+    for heads, d in ((3, 8), (2, 12)):  # q and k of a layer; the second with a pass-through part
+        t = torch.randn(sum(lens), heads, d, generator=g, requires_grad=True)
+        fast, ref = patched(t, cu, freqs, **kw), original(t, cu, freqs, **kw)
+        assert torch.equal(fast, ref)
+        grad = torch.randn(fast.shape, generator=g)
+        assert torch.equal(torch.autograd.grad(fast, t, grad)[0], torch.autograd.grad(ref, t, grad)[0])
+    # fast path: the cosine of the table itself, once for both calls; mcore's: once per call, of
+    # the table it re-assembled from per-sequence slices
+    assert [x is freqs for x in cos_calls] == [True, False, False]
 
 
 def test_thd_rope_max_length_table_falls_back(patched, monkeypatch):
