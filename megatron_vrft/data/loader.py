@@ -13,9 +13,21 @@ summary line per epoch is logged. Resume: `DataStream.state_dict()` records the 
 position of the first sample not yet handed to the trainer; after `load_state_dict` the stream
 continues with exactly that sample (same order: the permutation depends only on seed and epoch).
 
-With several data-parallel ranks each rank reads ``order[rank::world_size]`` of the epoch's
-permutation (truncated to a multiple of ``world_size``). Skips can leave ranks with different
-numbers of usable samples; the trainer must agree on step counts across ranks.
+With several data-parallel ranks each rank reads ``order[base:][rank::world_size]`` of the epoch's
+permutation (truncated to a multiple of ``world_size``; ``base`` is 0 except in an epoch resumed at
+another DP size, see below). Skips can leave ranks with different numbers of usable samples; the
+trainer must agree on step counts across ranks.
+
+DP-independent position (`ResumableSampler.global_state` / `load_global_state`). Every DP rank's
+``position`` is a local index into its share; local index ``j`` of rank ``r`` is the global
+permutation index ``base + j * world_size + r``. The global position of an epoch is the smallest
+global index not yet consumed by any rank: every sample below it has been consumed or skipped.
+Resumed at the SAME DP size, every rank continues at its own saved local position (exact). At
+ANOTHER DP size the epoch is re-dealt from the global position (``base`` = it, every rank at local
+0); the few samples above it that faster ranks had already consumed ("in flight": fewer than
+``world_size`` x the most refills one rank needed in a step) are read again, and a rank that had
+already moved into the next epoch counts as done with this one (its first samples of the next epoch
+are read again there too). Nothing is dropped.
 """
 
 from __future__ import annotations
@@ -52,20 +64,33 @@ class ResumableSampler(Sampler):
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.position = 0
+        self.base = 0  # global permutation index where this epoch's deal starts (module docstring)
 
-    def order(self, epoch: int) -> list[int]:
-        """This rank's sample indices for ``epoch``."""
+    def permutation(self, epoch: int) -> list[int]:
+        """All sample indices in ``epoch``'s order (the same for every DP size)."""
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            perm = torch.randperm(self.num_samples, generator=g).tolist()
-        else:
-            perm = list(range(self.num_samples))
-        usable = self.num_samples - self.num_samples % self.world_size
-        return perm[:usable][self.rank::self.world_size]
+            return torch.randperm(self.num_samples, generator=g).tolist()
+        return list(range(self.num_samples))
+
+    def order(self, epoch: int) -> list[int]:
+        """This rank's sample indices for ``epoch`` (dealt from ``base`` in the current epoch)."""
+        rest = self.permutation(epoch)[self.base if epoch == self.epoch else 0:]
+        usable = len(rest) - len(rest) % self.world_size
+        return rest[:usable][self.rank::self.world_size]
+
+    def global_index(self, position: int, rank: int | None = None, base: int | None = None) -> int:
+        """The global permutation index of local ``position`` of DP ``rank`` (default: this rank's)."""
+        base = self.base if base is None else base
+        return base + position * self.world_size + (self.rank if rank is None else rank)
+
+    def local_state(self) -> tuple[int, int, int]:
+        """``(epoch, position, base)``: what `global_state` needs from each DP rank."""
+        return self.epoch, self.position, self.base
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
-            self.epoch, self.position = epoch, 0
+            self.epoch, self.position, self.base = epoch, 0, 0
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order = self.order(self.epoch)
@@ -73,17 +98,44 @@ class ResumableSampler(Sampler):
             yield pos, order[pos]
 
     def __len__(self) -> int:
-        return self.num_samples // self.world_size - self.position
+        return len(self.order(self.epoch)) - self.position
 
+    def _check(self, state: dict, keys: tuple[str, ...]) -> None:
+        for key in keys:
+            if state[key] != getattr(self, key):
+                raise ValueError(f"cannot resume: data {key} was {state[key]} in the checkpoint, now {getattr(self, key)}")
+
+    # ---- this rank's position (same DP layout only) --------------------------------------------
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
+        return {"epoch": self.epoch, "position": self.position, "base": self.base, "seed": self.seed,
                 "num_samples": self.num_samples, "world_size": self.world_size, "shuffle": self.shuffle}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "num_samples", "world_size", "shuffle"):
-            if state[key] != getattr(self, key):
-                raise ValueError(f"cannot resume: data {key} was {state[key]} in the checkpoint, now {getattr(self, key)}")
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._check(state, ("seed", "num_samples", "world_size", "shuffle"))
+        self.epoch, self.position, self.base = int(state["epoch"]), int(state["position"]), int(state["base"])
+
+    # ---- the DP-independent position -----------------------------------------------------------
+    def global_state(self, ranks: list[tuple[int, int, int]]) -> dict:
+        """The stream state of all DP ranks: ``ranks[r]`` = DP rank r's `local_state()`.
+        ``epoch`` / ``position``: the oldest epoch any rank is in and its global position (every
+        sample of it below ``position`` consumed or skipped); ``ranks`` / ``world_size`` let a
+        resume at the same DP size continue every rank exactly."""
+        if len(ranks) != self.world_size:
+            raise ValueError(f"global_state needs the positions of all {self.world_size} DP ranks, got {len(ranks)}")
+        epoch = min(e for e, _, _ in ranks)
+        position = min(self.global_index(p, r, b) for r, (e, p, b) in enumerate(ranks) if e == epoch)
+        return {"epoch": int(epoch), "position": int(min(position, self.num_samples)),
+                "ranks": [[int(v) for v in r] for r in ranks], "seed": self.seed, "num_samples": self.num_samples,
+                "world_size": self.world_size, "shuffle": self.shuffle}
+
+    def load_global_state(self, state: dict) -> None:
+        """Continues from a `global_state`: exactly at the same DP size, re-dealt from the global
+        position at another (module docstring)."""
+        self._check(state, ("seed", "num_samples", "shuffle"))
+        if state["world_size"] == self.world_size:
+            self.epoch, self.position, self.base = (int(v) for v in state["ranks"][self.rank])
+        else:
+            self.epoch, self.base, self.position = int(state["epoch"]), int(state["position"]), 0
 
 
 @dataclass

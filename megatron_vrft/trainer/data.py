@@ -24,8 +24,12 @@ trains on: the sequence, its pixel values in the model's dtype (bf16 runs: bf16,
 what the patch embedding would cast them to), and neither the uint8 frames (a rollout input, not a
 training one) nor the decoded sample's own float32 copy of the pixel values.
 
-Resume: ``state_dict()`` is the sampler position after the last sample of the last step handed out
-(identical on all ranks of a replica, broadcast with the batch).
+Resume: ``state_dict()`` is the DP-independent stream position after the last step handed out
+(`ResumableSampler.global_state`: the epoch, the global permutation index below which every sample
+was consumed or skipped, and every DP rank's own position). The leaders exchange their positions in
+the step's one all-reduce, so the state is identical on every rank of the job (a checkpoint stores
+rank 0's). Resumed at the same DP size every rank continues exactly where it was; at another DP
+size (e.g. the same GPUs at another TP) the epoch is re-dealt from the global position.
 """
 
 from __future__ import annotations
@@ -135,6 +139,11 @@ class StepStream:
         self.stream = (DataStream(dataset, self.sampler, num_workers=num_workers, prefetch_factor=prefetch_factor,
                                   name=name) if replica.is_leader else None)
         self._items: Optional[Iterator[LoadedItem]] = None
+        self._state = self._initial_state()
+
+    def _initial_state(self) -> dict:
+        """The state before any step: every DP rank at this sampler's (shared) position."""
+        return self.sampler.global_state([self.sampler.local_state()] * self.replica.dp_size)
 
     # ---- leader side ---------------------------------------------------------------------------
     def _epochs(self) -> Iterator[LoadedItem]:
@@ -172,21 +181,26 @@ class StepStream:
         groups = self._groups(items) if items else []
         seqs = [it.sequence for it in items]
         loss_tokens = sum(int(s.target_mask[1:].sum()) for s in seqs)
-        counts = torch.tensor([int(len(items) < self.local_batch), int(not items), len(items),
-                               sum(len(s) for s in seqs), loss_tokens, self._skipped_total() - skipped0],
-                              dtype=torch.long)
+        dp, r = self.replica.dp_size, self.replica.dp_rank
+        # counts (summed) + every DP rank's (epoch, position, base) in its own slots (summed = gathered)
+        counts = torch.zeros(6 + 3 * dp, dtype=torch.long)
+        counts[:6] = torch.tensor([int(len(items) < self.local_batch), int(not items), len(items),
+                                   sum(len(s) for s in seqs), loss_tokens, self._skipped_total() - skipped0])
+        counts[6 + 3 * r: 9 + 3 * r] = torch.tensor(self.sampler.local_state())
         most = torch.tensor([len(groups)], dtype=torch.long)
-        if self.replica.dp_size > 1:
+        if dp > 1:
             group = ps.get_data_parallel_group()
             dist.all_reduce(counts, group=group)
             dist.all_reduce(most, op=dist.ReduceOp.MAX, group=group)
-        short, empty, n_samples, n_tokens, n_loss, n_skipped = counts.tolist()
+        totals = counts.tolist()
+        short, empty, n_samples, n_tokens, n_loss, n_skipped = totals[:6]
         if empty or (short and not self.allow_partial):
             return None
         while len(groups) < int(most):
             groups = _split_fullest(groups)
         micro = [pack([seqs[i] for i in g], self.pad_id, pad_to_multiple_of=self.pad_to_multiple_of) for g in groups]
-        return StepBatch(micro, n_samples, n_tokens, n_loss, n_skipped, self.sampler.state_dict())
+        state = self.sampler.global_state([tuple(totals[6 + 3 * k: 9 + 3 * k]) for k in range(dp)])
+        return StepBatch(micro, n_samples, n_tokens, n_loss, n_skipped, state)
 
     # ---- every rank ----------------------------------------------------------------------------
     def next_batch(self) -> Optional[StepBatch]:
@@ -196,8 +210,8 @@ class StepStream:
         batch = self._leader_batch() if self.replica.is_leader else None
         if dist.get_world_size(ps.get_model_parallel_group()) > 1:
             batch = self._share(batch)
-        if batch is not None and not self.replica.is_leader:
-            self.sampler.load_state_dict(batch.state)
+        if batch is not None:
+            self._state = batch.state
         return batch
 
     def _share(self, batch: Optional[StepBatch]) -> Optional[StepBatch]:
@@ -226,12 +240,16 @@ class StepStream:
 
     def restart(self) -> None:
         """Back to the first sample of epoch 0 (eval streams, before each evaluation)."""
-        self.sampler.epoch, self.sampler.position = 0, 0
+        self.sampler.epoch, self.sampler.position, self.sampler.base = 0, 0, 0
         self._items = None
+        self._state = self._initial_state()
 
     def state_dict(self) -> dict:
-        return self.sampler.state_dict()
+        """The DP-independent position after the last step handed out (same dict on every rank)."""
+        return self._state
 
     def load_state_dict(self, state: dict) -> None:
-        self.sampler.load_state_dict(state)
+        """Continues from `state_dict()` of a run at this or another DP size (module docstring)."""
+        self.sampler.load_global_state(state)
         self._items = None
+        self._state = state if state["world_size"] == self.replica.dp_size else self._initial_state()

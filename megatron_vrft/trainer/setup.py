@@ -84,7 +84,9 @@ def _tokenizer(cfg: RunConfig):
 def build_model(cfg: RunConfig, hf_config, dtype: torch.dtype):
     """This rank's stage of the Qwen25VLModel ``cfg.model`` describes (weights not loaded yet)."""
     from megatron_vrft.models.qwen2_5_vl.model import Qwen25VLModel
+    from megatron_vrft.runtime import fastpaths
 
+    fastpaths.apply()  # exact: THD RoPE without a host sync per packed sequence and layer
     return Qwen25VLModel(
         hf_config,
         first_stage_layers=cfg.model.first_stage_llm_layers,

@@ -36,6 +36,56 @@ def test_sampler_state_round_trip():
         ResumableSampler(12, seed=1).load_state_dict(s.state_dict())
 
 
+def _dp(n, ws, seed=5):
+    return [ResumableSampler(n, seed=seed, rank=r, world_size=ws) for r in range(ws)]
+
+
+def test_sampler_global_state_is_dp_independent():
+    two = _dp(11, 2)
+    perm = two[0].permutation(0)
+    two[0].position, two[1].position = 3, 4  # rank 0 read perm[0, 2, 4], rank 1 perm[1, 3, 5, 7]
+    state = two[0].global_state([s.local_state() for s in two])
+    assert (state["epoch"], state["position"]) == (0, 6)  # everything below 6 read; 7 is in flight
+    # same DP size: every rank exactly where it was
+    again = _dp(11, 2)
+    for s in again:
+        s.load_global_state(state)
+    assert [list(s) for s in again] == [list(s) for s in two]
+    # another DP size: the rest of the epoch re-dealt from the global position, in the epoch's order
+    three = _dp(11, 3)
+    for s in three:
+        s.load_global_state(state)
+    assert [[i for _, i in s] for s in three] == [perm[6:9][r::3] for r in range(3)]
+    one = _dp(11, 1)[0]
+    one.load_global_state(state)
+    assert [i for _, i in one] == perm[6:] and len(one) == 5
+    # a state saved after the re-deal maps local positions back to global ones through the base
+    one.position = 2
+    assert one.global_state([one.local_state()])["position"] == 8
+    # the next epoch is dealt from its start again
+    one.set_epoch(1)
+    assert [i for _, i in one] == one.permutation(1)
+    with pytest.raises(ValueError, match="seed was 5 in the checkpoint, now 6"):
+        _dp(11, 1, seed=6)[0].load_global_state(state)
+
+
+def test_sampler_global_state_across_an_epoch_boundary():
+    """A rank already in the next epoch counts as done with the oldest one."""
+    two = _dp(8, 2)
+    two[0].position = 3
+    two[1].set_epoch(1)
+    two[1].position = 1
+    state = two[0].global_state([s.local_state() for s in two])
+    assert (state["epoch"], state["position"]) == (0, 6)
+    one = _dp(8, 1)[0]
+    one.load_global_state(state)
+    assert one.epoch == 0 and [i for _, i in one] == one.permutation(0)[6:]
+    again = _dp(8, 2)
+    for s in again:
+        s.load_global_state(state)
+    assert [s.local_state() for s in again] == [(0, 3, 0), (1, 1, 0)]
+
+
 @pytest.fixture(scope="module")
 def sft_setup():
     tok = build_tiny_tokenizer()

@@ -6,6 +6,9 @@
 - DP=2 with a corrupt video and token-budget packing: each DP rank reads a disjoint share, every step
   has exactly global_batch_size samples (the skipped one refilled), both ranks run the same number
   of micro-batches per step and stop at the same step (no hang);
+- resume at another DP size: the state a DP=2 stream hands out is DP-independent; a DP=1 stream
+  (TP=2) loaded with it continues from the global position in the epoch's order: it reads every
+  sample the uninterrupted run still had to, plus the in-flight one a faster rank had consumed;
 - SFT items leave the worker without frames or the sample's own pixel copy, in the model dtype.
 """
 
@@ -62,6 +65,43 @@ def _worker(rank, root):
 
 
 LAYOUTS = [(2, 1), (1, 2), (1, 1)]
+
+
+def _ids(batch) -> list[str]:
+    return [i for m in batch.micro_batches for i in m.sample_ids]
+
+
+def _dp_change_worker(rank, root):
+    """DP=2 (one step, its state, then the rest) -> DP=1 at TP=2 resumed from that state."""
+    from megatron.core import parallel_state as ps
+
+    from megatron_vrft.runtime import destroy_distributed, init_distributed
+    from megatron_vrft.trainer.data import StepStream, replica_layout
+
+    dataset, pad = _dataset(root)
+    out = {}
+    kw = dict(epochs=1, seed=3, shuffle=False, micro_batch_size=1, pad_id=pad)
+    try:
+        init_distributed(1, 1, seed=0)
+        stream = StepStream(dataset, replica_layout(), local_batch=GLOBAL_BATCH // 2, **kw)
+        steps = [stream.next_batch()]
+        out["state"] = stream.state_dict()
+        while (batch := stream.next_batch()) is not None:
+            steps.append(batch)
+        out["dp2"] = [_ids(b) for b in steps]
+        out["dp2_rank"] = ps.get_data_parallel_rank()
+        ps.destroy_model_parallel()
+        init_distributed(2, 1, seed=0)
+        stream = StepStream(dataset, replica_layout(), local_batch=GLOBAL_BATCH, **kw)
+        stream.load_state_dict(out["state"])
+        out["dp1_state"] = stream.state_dict()
+        out["dp1"] = []
+        while (batch := stream.next_batch()) is not None:
+            out["dp1"].append(_ids(batch))
+        ps.destroy_model_parallel()
+    finally:
+        destroy_distributed()
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +170,28 @@ def test_dp_ranks_take_disjoint_full_steps_with_equal_micro_batch_counts(runs):
     alone = [[len(plan_micro_batches([n for m in s.micro_batches for n in m.seq_lens], BUDGET)) for s in r["steps"]]
              for r in (r0, r1)]
     assert alone[0] != alone[1], alone
+
+
+def test_resume_at_another_dp_size_continues_from_the_global_position(root):
+    r0, r1 = run_distributed(_dp_change_worker, 2, (root,), timeout=300)
+    assert r0["state"] == r1["state"]  # one DP-independent state on every rank (rank 0's is saved)
+    state = r0["state"]
+    # shuffle off, 13 samples (index 1 = the truncated video), 12 dealt: rank 0 reads 0, 2, 4, ...,
+    # rank 1 reads 1 (skipped), 3, 5, ...; after step 1 rank 0 is at global 4, rank 1 at 7 (it
+    # refilled with 5): everything below 4 is consumed or skipped, 5 is in flight.
+    assert (state["epoch"], state["position"], state["world_size"]) == (0, 4, 2)
+    assert state["ranks"] == [[0, 2, 0], [0, 3, 0]]
+    names = [s.id for s in _dataset(root)[0].samples]
+    assert r0["dp1"] == r1["dp1"]  # TP ranks of the one replica: the same steps
+    # DP=1 re-deals the epoch from global position 4, in the epoch's order (the dataset index is the
+    # permutation index: shuffle off), in full steps of 4 until 1 is left
+    assert r0["dp1"] == [[names[i] for i in range(4, 8)], [names[i] for i in range(8, 12)]]
+    assert r0["dp1_state"]["position"] == 4 and r0["dp1_state"]["world_size"] == 1
+    # the uninterrupted DP=2 run's next step ({4, 6} and {7, 9}) is all in the resumed run; the
+    # resumed one reads in-flight 5 again (rank 1 had already trained on it) and nothing is lost
+    assert sorted(r0["dp2"][1] + r1["dp2"][1]) == sorted(names[i] for i in (4, 6, 7, 9))
+    dp1_read = {i for step in r0["dp1"] for i in step}
+    assert set(r0["dp2"][1] + r1["dp2"][1]) <= dp1_read and names[5] in r1["dp2"][0]
 
 
 def test_sft_items_ship_no_frames_and_the_model_dtype(root):
