@@ -45,7 +45,7 @@ from torch.utils.data import Dataset
 from megatron_vrft.data.loader import DataStream, LoadedItem, ResumableSampler, SampleDataset
 from megatron_vrft.data.packing import PackedBatch, pack, plan_micro_batches
 
-__all__ = ["Replica", "SFTItems", "StepBatch", "StepStream", "replica_layout"]
+__all__ = ["Replica", "ReplicaItems", "SFTItems", "StepBatch", "StepStream", "replica_layout"]
 
 _PIXEL_FIELDS = ("pixel_values", "pixel_values_videos")
 
@@ -113,27 +113,19 @@ def _split_fullest(groups: list[list[int]]) -> list[list[int]]:
     return groups[:i] + [g[: len(g) // 2], g[len(g) // 2:]] + groups[i + 1:]
 
 
-class StepStream:
-    """``next_batch()`` -> the next `StepBatch` (same on all ranks of a replica), or None when exhausted.
+class ReplicaItems:
+    """The leader's side of reading, shared by the SFT (`StepStream`) and GRPO (`PromptStream`) streams:
+    this DP rank's share of each epoch (``order[dp_rank::dp]``), skips counted, epochs crossed, and the
+    DP-independent position (module docstring) agreed in each step's one all-reduce.
 
-    Args:
-        dataset: the `SampleDataset` or `SFTItems` (only the leader reads it).
-        replica: `replica_layout()`.
-        local_batch: usable samples per DP rank per step.
-        epochs: passes over the data (``next_batch`` returns None after the last).
-        micro_batch_size / pack_tokens: samples per micro-batch, or a token budget for greedy
-            THD packing when ``pack_tokens > 0``.
-        pad_id / pad_to_multiple_of: passed to `packing.pack`.
-        allow_partial: yield a short last step (eval) instead of stopping when a rank runs dry.
+    Args: dataset (read by the leader only), replica (`replica_layout()`), local_batch (usable samples
+    per DP rank per step), epochs, seed/shuffle (sampling order), num_workers / prefetch_factor
+    (DataLoader workers decoding media), name (for the skip report).
     """
 
     def __init__(self, dataset: Dataset, replica: Replica, *, local_batch: int, epochs: int, seed: int,
-                 shuffle: bool, micro_batch_size: int = 1, pack_tokens: int = 0, pad_id: int = 0,
-                 pad_to_multiple_of: int = 1, num_workers: int = 0, prefetch_factor: int = 2,
-                 allow_partial: bool = False, name: str = "train"):
+                 shuffle: bool, num_workers: int = 0, prefetch_factor: int = 2, name: str = "train"):
         self.replica, self.local_batch, self.epochs = replica, local_batch, epochs
-        self.micro_batch_size, self.pack_tokens = micro_batch_size, pack_tokens
-        self.pad_id, self.pad_to_multiple_of, self.allow_partial = pad_id, pad_to_multiple_of, allow_partial
         self.sampler = ResumableSampler(len(dataset), seed=seed, shuffle=shuffle, rank=replica.dp_rank,
                                         world_size=replica.dp_size)
         self.stream = (DataStream(dataset, self.sampler, num_workers=num_workers, prefetch_factor=prefetch_factor,
@@ -145,7 +137,6 @@ class StepStream:
         """The state before any step: every DP rank at this sampler's (shared) position."""
         return self.sampler.global_state([self.sampler.local_state()] * self.replica.dp_size)
 
-    # ---- leader side ---------------------------------------------------------------------------
     def _epochs(self) -> Iterator[LoadedItem]:
         while self.sampler.epoch < self.epochs:
             yield from self.stream._items()
@@ -157,6 +148,7 @@ class StepStream:
         return sum(r.num_skipped for r in done) + (0 if any(r is current for r in done) else current.num_skipped)
 
     def _take(self) -> list[LoadedItem]:
+        """Up to ``local_batch`` usable items (fewer only when the last epoch ends)."""
         if self._items is None:
             self._items = self._epochs()
         items: list[LoadedItem] = []
@@ -167,6 +159,71 @@ class StepStream:
                 break
         return items
 
+    def _agree(self, counts: list[int]) -> tuple[list[int], dict]:
+        """Leaders: ``counts`` summed over the DP ranks, and the step's global stream state (every DP
+        rank's ``(epoch, position, base)`` travels in its own slots of the same all-reduce)."""
+        from megatron.core import parallel_state as ps
+
+        dp, r, head = self.replica.dp_size, self.replica.dp_rank, len(counts)
+        buf = torch.zeros(head + 3 * dp, dtype=torch.long)
+        buf[:head] = torch.tensor(counts, dtype=torch.long)
+        buf[head + 3 * r: head + 3 * r + 3] = torch.tensor(self.sampler.local_state())
+        if dp > 1:
+            dist.all_reduce(buf, group=ps.get_data_parallel_group())
+        totals = buf.tolist()
+        ranks = [tuple(totals[head + 3 * k: head + 3 * k + 3]) for k in range(dp)]
+        return totals[:head], self.sampler.global_state(ranks)
+
+    def next_batch(self):
+        """The next step's batch on every rank of the replica (the leader reads it, `_share` hands it
+        out), or None on every rank once the data is exhausted. Subclasses give `_leader_batch` and
+        `_share`."""
+        from megatron.core import parallel_state as ps
+
+        batch = self._leader_batch() if self.replica.is_leader else None
+        if dist.get_world_size(ps.get_model_parallel_group()) > 1:
+            batch = self._share(batch)
+        if batch is not None:
+            self._state = batch.state
+        return batch
+
+    def restart(self) -> None:
+        """Back to the first sample of epoch 0 (eval streams, before each evaluation)."""
+        self.sampler.epoch, self.sampler.position, self.sampler.base = 0, 0, 0
+        self._items = None
+        self._state = self._initial_state()
+
+    def state_dict(self) -> dict:
+        """The DP-independent position after the last step handed out (same dict on every rank)."""
+        return self._state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continues from `state_dict()` of a run at this or another DP size (module docstring)."""
+        self.sampler.load_global_state(state)
+        self._items = None
+        self._state = state if state["world_size"] == self.replica.dp_size else self._initial_state()
+
+
+class StepStream(ReplicaItems):
+    """``next_batch()`` -> the next `StepBatch` (same on all ranks of a replica), or None when exhausted.
+
+    Args (besides `ReplicaItems`'):
+        micro_batch_size / pack_tokens: samples per micro-batch, or a token budget for greedy
+            THD packing when ``pack_tokens > 0``.
+        pad_id / pad_to_multiple_of: passed to `packing.pack`.
+        allow_partial: yield a short last step (eval) instead of stopping when a rank runs dry.
+    """
+
+    def __init__(self, dataset: Dataset, replica: Replica, *, local_batch: int, epochs: int, seed: int,
+                 shuffle: bool, micro_batch_size: int = 1, pack_tokens: int = 0, pad_id: int = 0,
+                 pad_to_multiple_of: int = 1, num_workers: int = 0, prefetch_factor: int = 2,
+                 allow_partial: bool = False, name: str = "train"):
+        super().__init__(dataset, replica, local_batch=local_batch, epochs=epochs, seed=seed, shuffle=shuffle,
+                         num_workers=num_workers, prefetch_factor=prefetch_factor, name=name)
+        self.micro_batch_size, self.pack_tokens = micro_batch_size, pack_tokens
+        self.pad_id, self.pad_to_multiple_of, self.allow_partial = pad_id, pad_to_multiple_of, allow_partial
+
+    # ---- leader side ---------------------------------------------------------------------------
     def _groups(self, items: list[LoadedItem]) -> list[list[int]]:
         if self.pack_tokens > 0:
             return plan_micro_batches([len(it.sequence) for it in items], self.pack_tokens, "greedy")
@@ -181,39 +238,20 @@ class StepStream:
         groups = self._groups(items) if items else []
         seqs = [it.sequence for it in items]
         loss_tokens = sum(int(s.target_mask[1:].sum()) for s in seqs)
-        dp, r = self.replica.dp_size, self.replica.dp_rank
-        # counts (summed) + every DP rank's (epoch, position, base) in its own slots (summed = gathered)
-        counts = torch.zeros(6 + 3 * dp, dtype=torch.long)
-        counts[:6] = torch.tensor([int(len(items) < self.local_batch), int(not items), len(items),
-                                   sum(len(s) for s in seqs), loss_tokens, self._skipped_total() - skipped0])
-        counts[6 + 3 * r: 9 + 3 * r] = torch.tensor(self.sampler.local_state())
-        most = torch.tensor([len(groups)], dtype=torch.long)
-        if dp > 1:
-            group = ps.get_data_parallel_group()
-            dist.all_reduce(counts, group=group)
-            dist.all_reduce(most, op=dist.ReduceOp.MAX, group=group)
-        totals = counts.tolist()
-        short, empty, n_samples, n_tokens, n_loss, n_skipped = totals[:6]
+        totals, state = self._agree([int(len(items) < self.local_batch), int(not items), len(items),
+                                     sum(len(s) for s in seqs), loss_tokens, self._skipped_total() - skipped0])
+        short, empty, n_samples, n_tokens, n_loss, n_skipped = totals
         if empty or (short and not self.allow_partial):
             return None
+        most = torch.tensor([len(groups)], dtype=torch.long)
+        if self.replica.dp_size > 1:
+            dist.all_reduce(most, op=dist.ReduceOp.MAX, group=ps.get_data_parallel_group())
         while len(groups) < int(most):
             groups = _split_fullest(groups)
         micro = [pack([seqs[i] for i in g], self.pad_id, pad_to_multiple_of=self.pad_to_multiple_of) for g in groups]
-        state = self.sampler.global_state([tuple(totals[6 + 3 * k: 9 + 3 * k]) for k in range(dp)])
         return StepBatch(micro, n_samples, n_tokens, n_loss, n_skipped, state)
 
     # ---- every rank ----------------------------------------------------------------------------
-    def next_batch(self) -> Optional[StepBatch]:
-        """The next step's micro-batches for this rank; None (on every rank) once the data is exhausted."""
-        from megatron.core import parallel_state as ps
-
-        batch = self._leader_batch() if self.replica.is_leader else None
-        if dist.get_world_size(ps.get_model_parallel_group()) > 1:
-            batch = self._share(batch)
-        if batch is not None:
-            self._state = batch.state
-        return batch
-
     def _share(self, batch: Optional[StepBatch]) -> Optional[StepBatch]:
         """Leader -> replica: token-side tensors to every rank, pixels to the TP ranks of stage 0."""
         from megatron.core import parallel_state as ps
@@ -237,19 +275,3 @@ class StepStream:
             pixels = box[0]
         micro = [dataclasses.replace(m, **dict(zip(_PIXEL_FIELDS, px))) for m, px in zip(text.micro_batches, pixels)]
         return dataclasses.replace(text, micro_batches=micro)
-
-    def restart(self) -> None:
-        """Back to the first sample of epoch 0 (eval streams, before each evaluation)."""
-        self.sampler.epoch, self.sampler.position, self.sampler.base = 0, 0, 0
-        self._items = None
-        self._state = self._initial_state()
-
-    def state_dict(self) -> dict:
-        """The DP-independent position after the last step handed out (same dict on every rank)."""
-        return self._state
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continues from `state_dict()` of a run at this or another DP size (module docstring)."""
-        self.sampler.load_global_state(state)
-        self._items = None
-        self._state = state if state["world_size"] == self.replica.dp_size else self._initial_state()

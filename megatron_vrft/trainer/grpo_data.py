@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
 
-from megatron_vrft.data.loader import DataStream, LoadedItem, ResumableSampler, SampleDataset
+from megatron_vrft.data.loader import LoadedItem, SampleDataset
 from megatron_vrft.data.packing import PackedBatch, SequenceItem, grpo_item, pack, plan_micro_batches
 from megatron_vrft.data.sample import REWARD_COLUMNS
+from megatron_vrft.trainer.data import Replica, ReplicaItems
 
 __all__ = ["PromptBatch", "PromptStream", "MicroBatch", "Rollout", "build_rollout", "share_completions",
            "reward_columns"]
@@ -53,65 +54,30 @@ class PromptBatch:
     state: dict = field(default_factory=dict)
 
 
-class PromptStream:
+class PromptStream(ReplicaItems):
     """``next_batch()`` -> this step's `PromptBatch` on every rank, or None (on every rank) at the end.
 
-    Args: dataset (a GRPO `SampleDataset`, read by the leader only), replica (`trainer.data.Replica`),
-    local_batch (prompts per DP rank per step), epochs, seed/shuffle (sampling order), num_workers /
-    prefetch_factor (DataLoader workers decoding media).
+    Args: as `trainer.data.ReplicaItems` (dataset: a GRPO `SampleDataset`; local_batch: prompts per
+    DP rank per step); the saved position is DP-independent, as for SFT.
     """
 
-    def __init__(self, dataset: SampleDataset, replica, *, local_batch: int, epochs: int, seed: int, shuffle: bool,
+    def __init__(self, dataset: SampleDataset, replica: Replica, *, local_batch: int, epochs: int, seed: int, shuffle: bool,
                  num_workers: int = 0, prefetch_factor: int = 2):
-        self.replica, self.local_batch, self.epochs = replica, local_batch, epochs
-        self.sampler = ResumableSampler(len(dataset), seed=seed, shuffle=shuffle, rank=replica.dp_rank,
-                                        world_size=replica.dp_size)
-        self.stream = (DataStream(dataset, self.sampler, num_workers=num_workers, prefetch_factor=prefetch_factor,
-                                  name="prompts") if replica.is_leader else None)
-        self._items: Optional[Iterator[LoadedItem]] = None
+        super().__init__(dataset, replica, local_batch=local_batch, epochs=epochs, seed=seed, shuffle=shuffle,
+                         num_workers=num_workers, prefetch_factor=prefetch_factor, name="prompts")
 
     def steps_per_epoch(self) -> int:
         return len(self.sampler.order(0)) // self.local_batch
 
-    def _epochs(self) -> Iterator[LoadedItem]:
-        while self.sampler.epoch < self.epochs:
-            yield from self.stream._items()
-            self.stream._end_epoch()
-
-    def _skipped(self) -> int:
-        done, current = self.stream.reports, self.stream.report
-        return sum(r.num_skipped for r in done) + (0 if any(r is current for r in done) else current.num_skipped)
-
     def _leader_batch(self) -> Optional[PromptBatch]:
-        from megatron.core import parallel_state as ps
-
-        if self._items is None:
-            self._items = self._epochs()
-        skipped0 = self._skipped()
-        items: list[LoadedItem] = []
-        for item in self._items:
-            items.append(item)
-            self.sampler.position = item.position + 1
-            if len(items) == self.local_batch:
-                break
-        counts = torch.tensor([int(len(items) < self.local_batch), len(items),
-                               sum(len(it.sequence) for it in items), self._skipped() - skipped0], dtype=torch.long)
-        if self.replica.dp_size > 1:
-            dist.all_reduce(counts, group=ps.get_data_parallel_group())
-        short, n, tokens, skipped = counts.tolist()
+        skipped0 = self._skipped_total()
+        items = self._take()
+        (short, n, tokens, skipped), state = self._agree(
+            [int(len(items) < self.local_batch), len(items), sum(len(it.sequence) for it in items),
+             self._skipped_total() - skipped0])
         if short:
             return None  # some DP rank ran out of prompts: every rank stops together
-        return PromptBatch(items, [it.sequence for it in items], n, tokens, skipped, self.sampler.state_dict())
-
-    def next_batch(self) -> Optional[PromptBatch]:
-        from megatron.core import parallel_state as ps
-
-        batch = self._leader_batch() if self.replica.is_leader else None
-        if dist.get_world_size(ps.get_model_parallel_group()) > 1:
-            batch = self._share(batch)
-        if batch is not None and not self.replica.is_leader:
-            self.sampler.load_state_dict(batch.state)
-        return batch
+        return PromptBatch(items, [it.sequence for it in items], n, tokens, skipped, state)
 
     def _share(self, batch: Optional[PromptBatch]) -> Optional[PromptBatch]:
         """Leader -> replica: prompt token side to every rank, pixels to the TP ranks of stage 0."""
@@ -134,13 +100,6 @@ class PromptStream:
             return batch
         prompts = [dataclasses.replace(p, **dict(zip(_PIXELS, px))) for p, px in zip(text.prompts, box[0])]
         return dataclasses.replace(text, prompts=prompts)
-
-    def state_dict(self) -> dict:
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.sampler.load_state_dict(state)
-        self._items = None
 
 
 def share_completions(groups: Optional[list], replica) -> list:
