@@ -8,10 +8,11 @@
 mcore checkpoint (hf_to_mcore.py output); the last two are first converted to HF in a temporary
 directory, with --hf-config giving the tokenizer/processor files (e.g. the run's model.hf_path).
 Generation goes through the project's rollout engine (`rollout.base.make_engine`: vLLM on GPU, HF on
-CPU, --engine), greedy by default (--temperature 0, argmax in both engines). The metric follows the data's reward columns (tools/eval/metrics.py:
-binary or multiple-choice accuracy, temporal-grounding mIoU and R@{0.3,0.5,0.7}, RA-RFT refusal
-accuracy) unless --metric names one. Writes ``OUT/report.json`` (metrics, counts, settings) and
-``OUT/samples.jsonl`` (one line per prompt: id, completion, parsed answer, score).
+CPU, --engine), greedy by default (--temperature 0, argmax in both engines). The metric follows the
+data's reward columns (tools/eval/metrics.py: binary or multiple-choice accuracy, temporal-grounding
+mIoU and R@{0.3,0.5,0.7}, RA-RFT refusal accuracy) unless --metric names one. Writes
+``OUT/report.json`` (metrics, counts, settings) and ``OUT/samples.jsonl`` (one line per prompt: id,
+completion, parsed answer, score).
 """
 
 from __future__ import annotations
