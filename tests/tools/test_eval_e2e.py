@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -20,11 +21,13 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tools" / "eval"))
-import evaluate  # noqa: E402
+from megatron_vrft.testing.sft_run import _env, write_tiny_sft
 
-from megatron_vrft.testing.sft_run import _env, write_tiny_sft  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
+# by file path: "evaluate" is also the name of a PyPI package
+_spec = importlib.util.spec_from_file_location("vrft_tools_evaluate", REPO / "tools/eval/evaluate.py")
+evaluate = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(evaluate)
 
 VIDEO = '{"nframes": 4, "min_pixels": 3136, "max_pixels": 3136}'
 REPORT_KEYS = {"checkpoint", "data", "format", "engine", "temperature", "max_new_tokens", "skipped", "seconds",
@@ -140,8 +143,10 @@ def test_trainer_checkpoint_equals_its_hf_export(tmp_path):
                          checkpoint={"save_dir": str(tmp_path / "ckpt"), "export_hf": True})
     script = f"""
 import sys
-sys.path.insert(0, {str(REPO / 'tools/eval')!r})
-import evaluate
+import importlib.util
+spec = importlib.util.spec_from_file_location("vrft_tools_evaluate", {str(REPO / 'tools/eval/evaluate.py')!r})
+evaluate = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(evaluate)
 from megatron_vrft.testing.sft_run import launch_sft
 from pathlib import Path
 p = launch_sft(Path({str(cfg)!r}))
