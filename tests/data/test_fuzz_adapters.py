@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from megatron_vrft.data import DataFormatError, load_samples
 from megatron_vrft.data.adapters._common import answer_text, split_placeholders
-from megatron_vrft.testing.fuzz import JSON, TRICKY, scales_linearly
+from tests.fuzz import JSON, TRICKY, scales_linearly
 
 CASES = [(d["format"], d["mode"]) for d in synthetic_tree()[1]["datasets"]]
 FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)

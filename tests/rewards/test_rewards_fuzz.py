@@ -19,7 +19,7 @@ from megatron_vrft.rewards.registry import RewardInputError
 from megatron_vrft.rewards.tar import claims_from_mapping, parse_claims_json, parse_decision
 from megatron_vrft.rewards.temporal import parse_span
 from megatron_vrft.rewards.text import last_block
-from megatron_vrft.testing.fuzz import JSON, scales_linearly
+from tests.fuzz import JSON, scales_linearly
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
 

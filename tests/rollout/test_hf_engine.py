@@ -58,6 +58,28 @@ def test_logprobs_match_teacher_forced(hf_engine, prompts, name):
             assert max_gap(ref, c.logprobs) <= 1e-4
 
 
+@pytest.mark.parametrize("name", ["text", "video"])
+def test_temperature_zero_is_greedy(hf_engine, prompts, name):
+    """T = 0: every token is the argmax of the teacher-forced logits (ties aside), its logprob the
+    T = 1 log_softmax, the same for all n completions and independent of the seed."""
+    from megatron_vrft.data.packing import grpo_item
+    from megatron_vrft.rollout.hf import _media_kwargs
+
+    item = prompts[name]
+    (group,) = hf_engine.generate([item], SamplingParams(n=2, temperature=0.0, max_new_tokens=6, seed=1))
+    (other,) = hf_engine.generate([item], SamplingParams(n=1, temperature=0.0, max_new_tokens=6, seed=2))
+    c = group[0]
+    assert c.token_ids.tolist() == group[1].token_ids.tolist() == other[0].token_ids.tolist()
+    seq = item.sequence
+    full = grpo_item(seq, c.token_ids)
+    with torch.no_grad():
+        logits = hf_engine.model(input_ids=full.input_ids[None], position_ids=full.position_ids[:, None, :],
+                                 **_media_kwargs(seq)).logits[0].float()
+    steps = logits[len(seq) - 1: len(full) - 1]
+    assert steps.argmax(-1).tolist() == c.token_ids.tolist()
+    assert max_gap(hf_engine.score(seq, c.token_ids, 0.0), c.logprobs) <= 1e-4
+
+
 def test_video_positions_are_the_projects_not_transformers(hf_engine, prompts):
     """After a video whose temporal extent exceeds the spatial one, transformers 5.23 places text
     elsewhere; the engine must use the trainer's positions (its scores differ from HF's own)."""

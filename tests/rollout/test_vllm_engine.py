@@ -81,6 +81,16 @@ def test_prompt_ids_grids_positions_equal_trainer(engine, captured, prompts):
         assert seconds == seq.second_per_grid_ts.tolist(), name
 
 
+def test_temperature_zero_is_greedy_like_hf(engine, hf_engine, prompts):
+    """T = 0 is greedy in both engines: the same tokens, logprobs = the T = 1 log_softmax."""
+    items = [prompts[n] for n in NAMES]
+    sp = SamplingParams(n=1, temperature=0.0, max_new_tokens=6, seed=0)
+    ours, ref = engine.generate(items, sp), hf_engine.generate(items, sp)
+    for name, (a,), (b,) in zip(NAMES, ours, ref):
+        assert a.token_ids.tolist() == b.token_ids.tolist(), name
+        assert max_gap(a.logprobs, b.logprobs) <= 1e-3, name
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_logprobs_match_hf_teacher_forced(engine, hf_engine, prompts, temperature):
     groups = engine.generate([prompts[n] for n in NAMES], SamplingParams(n=2, temperature=temperature,

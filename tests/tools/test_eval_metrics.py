@@ -65,6 +65,7 @@ def test_refusal_accuracy():
 def test_metric_choice_from_columns():
     assert metric_for({"task_type": "refusable", "gt_span": None}) == "refusal"
     assert metric_for({"gt_span": [1, 2], "duration": 3.0}) == "grounding"
+    assert metric_for({"gt_span": [1, 2], "duration": 3.0, "task_type": "tg"}) == "grounding"  # Time-R1 rows
     assert metric_for({"choices": ["a", "b"], "answer": "A", "solution": "<answer>A</answer>"}) == "choice"
     assert metric_for({"solution": "normal"}) == "binary"
     with pytest.raises(ValueError, match="no evaluation metric applies"):

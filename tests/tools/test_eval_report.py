@@ -1,8 +1,7 @@
 """tools/eval/evaluate.py's scoring and report plumbing on real `Sample`s (RA-RFT and binary rows).
 
-The rollout engine is not on main yet: a stand-in returns canned completions in the engine
-interface's shape (one list of completions per prompt). The wiring test with the real HF engine
-follows when megatron_vrft/rollout lands.
+A stand-in returns canned completions in the engine interface's shape (one list of completions
+per prompt), so each metric sees chosen texts; test_eval_e2e.py runs the tool with the real engines.
 """
 
 from __future__ import annotations

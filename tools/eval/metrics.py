@@ -141,8 +141,11 @@ def aggregate(metric: str, scored: Sequence[Scored]) -> dict[str, float]:
 
 
 def metric_for(columns: dict[str, Any]) -> str:
-    """The metric a row's reward columns call for: refusal > grounding > choice > binary."""
-    if columns.get("task_type") is not None:
+    """The metric a row's reward columns call for: refusal > grounding > choice > binary.
+
+    Refusal needs an RA-RFT ``task_type`` (answerable / refusable); other task types (Time-R1's
+    ``"tg"``) leave the row to the grounding metric."""
+    if str(columns.get("task_type")).strip().lower() in ("answerable", "refusable"):
         return "refusal"
     if columns.get("gt_span") is not None:
         return "grounding"

@@ -1,5 +1,6 @@
 """Shared pieces of the property-based (hypothesis) tests: a JSON-value strategy biased towards what
-parsers trip on, and a linear-time check that holds on a loaded machine. Needs the ``test`` extra."""
+parsers trip on, and a linear-time check that holds on a loaded machine. Needs the ``test`` extra
+(hypothesis), hence under tests/ and not in the installed package."""
 
 from __future__ import annotations
 
