@@ -1,7 +1,7 @@
 """GRPO training of Qwen2.5-VL on Megatron-Core, rollouts from a colocated engine (vLLM or HF).
 
 Without --config it runs the self-contained CPU demo (megatron_vrft/demo/run.py: a synthetic video
-task and a tiny model, SFT warm-up then GRPO, a held-out table in OUT/demo_table.md):
+task and a tiny model, SFT warm-up then GRPO, a held-out table in OUT/demo_table.{md,json}):
 
     torchrun --nproc-per-node 2 examples/run_grpo.py [--out outputs/demo] [--seed 0]
 

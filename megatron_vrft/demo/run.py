@@ -13,8 +13,8 @@ job's processes:
    + `trainer.loop.train`, TP=2 on two processes), exported to ``OUT/sft/hf``; eval;
 4. GRPO from that export: ``examples/configs/demo_grpo.yaml`` through the GRPO trainer, exported to
    ``OUT/grpo/hf``; eval;
-5. the table (`demo.report.format_table`) printed and written to ``OUT/demo_table.md`` and
-   ``OUT/demo_table.json``.
+5. the table (`demo.report.format_table`) printed and written to ``OUT/demo_table.{md,json}``
+   (Markdown; the rows with timings and the seed).
 
 Both trainer phases use the same parallel layout, so the second ``build`` finds torch.distributed
 and mcore's parallel state already initialised and reuses them (`runtime.init_distributed` is
@@ -36,10 +36,10 @@ import torch.distributed as dist
 from megatron_vrft.demo.report import format_table, score_heldout
 from megatron_vrft.demo.task import VIDEO_OPTIONS, TaskSizes, make_demo_task
 
-__all__ = ["CONFIG_DIR", "run_demo", "phase_overrides"]
+__all__ = ["CONFIG_DIR", "TABLE", "run_demo", "phase_overrides", "evaluate_heldout"]
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "examples" / "configs"
-STAGES = ("base", "after SFT", "after GRPO")
+TABLE = "demo_table"  # OUT/<TABLE>.md and .json
 EVAL_MAX_NEW_TOKENS = 64  # the reply is ~40 tokens; a random model's text stops here
 
 
@@ -111,8 +111,8 @@ def evaluate_heldout(model_dir: Path, task_dir: Path, seed: int) -> dict:
 def _write_table(out: Path, rows: dict, extra: dict) -> str:
     table = format_table({k: {f: v[f] for f in ("n", "accuracy", "format", "reward")} for k, v in rows.items()})
     if _rank() == 0:
-        (out / "demo_table.md").write_text(table + "\n")
-        (out / "demo_table.json").write_text(json.dumps({"stages": rows, **extra}, indent=1) + "\n")
+        (out / f"{TABLE}.md").write_text(table + "\n")
+        (out / f"{TABLE}.json").write_text(json.dumps({"stages": rows, **extra}, indent=1) + "\n")
     return table
 
 
@@ -135,7 +135,7 @@ def run_demo(out: str | Path = "outputs/demo", *, seed: int = 0, sizes: TaskSize
     init_distributed(p.tp, p.pp, p.cp, seed=seed)  # the trainer's build() then finds it initialised
     times: dict[str, float] = {}
     if _rank() == 0:
-        for stale in ("task", "hf", "sft", "grpo", "demo_table.md", "demo_table.json"):
+        for stale in ("task", "hf", "sft", "grpo", f"{TABLE}.md", f"{TABLE}.json"):
             path = out / stale
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         _say(f"writing the tank-level task and the tiny Qwen2.5-VL under {out}")
@@ -167,5 +167,5 @@ def run_demo(out: str | Path = "outputs/demo", *, seed: int = 0, sizes: TaskSize
                                      "world_size": dist.get_world_size()})
     if _rank() == 0:
         print(table, flush=True)
-        _say(f"finished in {times['total'] / 60:.1f} min; table in {out / 'demo_table.md'}")
+        _say(f"finished in {times['total'] / 60:.1f} min; table in {out / TABLE}.md")
     return rows

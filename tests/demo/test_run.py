@@ -5,13 +5,13 @@ exports, and a second run in the same directory starts from scratch. The full de
 (about 10 minutes: docs/benchmarks.md, "CPU demo")."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+from megatron_vrft.demo.run import TABLE
 from megatron_vrft.runtime.distributed import free_port
-from megatron_vrft.testing.grpo_run import ROOT, _env
+from megatron_vrft.testing.grpo_run import _env
 
 SCRIPT = Path(__file__).with_name("_small_demo.py")
 
@@ -27,14 +27,14 @@ def test_small_demo_writes_the_table(tmp_path):
     out = tmp_path / "demo"
     proc = _launch(out, cwd=tmp_path)  # not the repository: config files resolve from the package
     assert proc.returncode == 0, proc.stderr[-3000:]
-    table = (out / "demo_table.md").read_text()
+    table = (out / f"{TABLE}.md").read_text()
     lines = table.splitlines()
     assert lines[0] == "| stage | held-out prompts | accuracy | format rate | mean reward |"
     assert [line.split(" | ")[0] for line in lines[2:5]] == ["| base", "| after SFT", "| after GRPO"]
     assert all(line.split(" | ")[1] == "4" for line in lines[2:5])
     assert "after GRPO vs after SFT: accuracy" in table and "2-SE noise margin" in table
     assert table.strip() in proc.stdout
-    report = json.loads((out / "demo_table.json").read_text())
+    report = json.loads((out / f"{TABLE}.json").read_text())
     assert list(report["stages"]) == ["base", "after SFT", "after GRPO"] and report["world_size"] == 2
     for stage in report["stages"].values():
         assert stage["n"] == 4 and 0 <= stage["accuracy"] <= 1 and stage["reward"] == stage["accuracy"] + stage["format"]
@@ -48,4 +48,4 @@ def test_small_demo_writes_the_table(tmp_path):
     again = _launch(out, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert not (out / "grpo" / "stale.txt").exists()
-    assert json.loads((out / "demo_table.json").read_text())["stages"] == report["stages"]  # deterministic
+    assert json.loads((out / f"{TABLE}.json").read_text())["stages"] == report["stages"]  # deterministic
