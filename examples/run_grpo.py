@@ -1,6 +1,11 @@
 """GRPO training of Qwen2.5-VL on Megatron-Core, rollouts from a colocated engine (vLLM or HF).
 
-Run (one process, or N with torchrun; tp * pp must divide N, the rest is data parallel):
+Without --config it runs the self-contained CPU demo (megatron_vrft/demo/run.py: a synthetic video
+task and a tiny model, SFT warm-up then GRPO, a held-out table in OUT/demo_table.{md,json}):
+
+    torchrun --nproc-per-node 2 examples/run_grpo.py [--out outputs/demo] [--seed 0]
+
+With a config (one process, or N with torchrun; tp * pp must divide N, the rest is data parallel):
 
     python examples/run_grpo.py --config examples/configs/tiny/rbft_grpo_tiny.yaml [key=value ...]
     torchrun --nproc-per-node 2 examples/run_grpo.py --config FILE parallel.tp=2 rollout.engine=hf
@@ -24,7 +29,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], epilog="config keys:\n" + help_text(),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML run config (mode: grpo)")
+    p.add_argument("--config", help="YAML run config (mode: grpo); without it: the CPU demo")
+    p.add_argument("--out", default="outputs/demo", help="demo only: output directory (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="demo only: task, model and training seed")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     return p
 
@@ -57,9 +64,14 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("megatron_vrft").setLevel(logging.INFO)
     if args.config is None:
-        parser().print_usage(sys.stderr)
-        print("error: --config FILE is required", file=sys.stderr)
-        return 2
+        if args.overrides:
+            parser().print_usage(sys.stderr)
+            print("error: key=value overrides need --config FILE (the demo takes only --out and --seed)", file=sys.stderr)
+            return 2
+        from megatron_vrft.demo.run import run_demo
+
+        run_demo(args.out, seed=args.seed)
+        return 0
     return run_config(args.config, args.overrides)
 
 

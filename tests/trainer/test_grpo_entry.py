@@ -1,4 +1,5 @@
-"""examples/run_grpo.py's entry: usage without --config, one-line config errors with exit status 2."""
+"""examples/run_grpo.py's entry: overrides without --config refused (no --config runs the demo, tests/demo),
+one-line config errors with exit status 2."""
 
 import subprocess
 import sys
@@ -13,9 +14,10 @@ def _run(*args):
                           timeout=120)
 
 
-def test_no_config_prints_usage():
-    proc = _run()
-    assert proc.returncode == 2 and proc.stderr.startswith("usage: run_grpo.py") and "--config FILE" in proc.stderr
+def test_overrides_without_config_print_usage():
+    proc = _run("grpo.max_steps=2")
+    assert proc.returncode == 2 and proc.stderr.startswith("usage: run_grpo.py")
+    assert "error: key=value overrides need --config FILE" in proc.stderr
 
 
 def test_config_errors_are_one_line():
