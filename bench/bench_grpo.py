@@ -17,7 +17,8 @@ the same reward (share of ASCII letters), one CPU thread each, every configurati
 process. A round runs TRL and each of our engines once, back to back (the order alternates between
 rounds); ``--runs`` rounds. A run's step time is the median over its steps after ``--warmup``
 warm-up steps; the ratio ours / TRL is taken per round (the two runs closest in time, so under the
-same load), then min / median / max over rounds. The 1-minute load average (``os.getloadavg``) is
+same load), then min / median / max over rounds; so is the ratio of the runs' fastest steps
+(contention only adds time: the least disturbed comparison). The 1-minute load average (``os.getloadavg``) is
 recorded before and after every run. Printed and written (``--out``/bench_grpo.json): per round and
 over rounds the step times, ratios, loads, phase shares and ViT calls per step (ours: the model's
 counter; TRL: a forward hook on the policy's and the reference's ``visual`` module).
@@ -207,6 +208,22 @@ def _mmm(values) -> str:
     return f"{min(values):.3f} / {statistics.median(values):.3f} / {max(values):.3f}"
 
 
+def _summary(results: dict[str, list[dict]]) -> None:
+    """Prints per configuration: step times over runs, the per-round ratio to TRL of the median step
+    and of the fastest step (contention only adds time, so the fastest steps are the least disturbed
+    comparison), the loads, ViT calls and phase shares."""
+    trl = results["trl"]
+    for name, runs in results.items():
+        steps = [r["step_s"] for r in runs]
+        ratio = [r["step_s"] / t["step_s"] for r, t in zip(runs, trl)]
+        fastest = [min(r["steps_s"]) / min(t["steps_s"]) for r, t in zip(runs, trl)]
+        loads = [x for r in runs for x in r["load"]]
+        shares = {k: round(statistics.median(r["phases"][k] / r["step_s"] for r in runs), 3) for k in runs[0]["phases"]}
+        print(f"{name:10s} step s (min/med/max) {_mmm(steps)}  vs TRL per round: median step {_mmm(ratio)}, fastest "
+              f"step {_mmm(fastest)}  load {min(loads):.1f}-{max(loads):.1f}  ViT calls/step "
+              f"{statistics.median(r['vit_calls'] for r in runs):g} (images {runs[0]['vit_images']})  shares {shares}")
+
+
 def _timed(fn, *args) -> dict:
     """``fn(*args)`` with the 1-minute load average before and after."""
     before = os.getloadavg()[0]
@@ -245,15 +262,7 @@ def main() -> int:
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"{a.prompts} image prompts x G={a.G}, <= {a.new_tokens} new tokens, {a.runs} rounds x {a.steps} steps "
           f"({a.warmup} warm-up); {load}")
-    trl_steps = [r["step_s"] for r in results["trl"]]
-    for name, runs in results.items():
-        steps = [r["step_s"] for r in runs]
-        ratio = [s / t for s, t in zip(steps, trl_steps)]
-        loads = [x for r in runs for x in r["load"]]
-        shares = {k: round(statistics.median(r["phases"][k] / r["step_s"] for r in runs), 3) for k in runs[0]["phases"]}
-        print(f"{name:10s} step s (min/med/max) {_mmm(steps)}  vs TRL per round {_mmm(ratio)}  load "
-              f"{min(loads):.1f}-{max(loads):.1f}  ViT calls/step {statistics.median(r['vit_calls'] for r in runs):g} "
-              f"(images {runs[0]['vit_images']})  shares {shares}")
+    _summary(results)
     Path(a.out, "bench_grpo.json").write_text(json.dumps({"uptime": load, "args": vars(a), "results": results}, indent=1))
     return 0
 
