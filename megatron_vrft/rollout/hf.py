@@ -8,8 +8,9 @@ vLLM use (``rope_index`` "qwen" mode). Here the prompt's positions are the `Sequ
 generated token ``k`` sits at ``max(prompt positions) + 1 + k`` on all three axes, exactly what
 `data.packing.grpo_item` / `rope_index.extend_positions` give the trainer.
 
-One prefill per prompt (one ViT pass), then the KV cache is repeated ``n`` times and the ``n``
-completions decode as one batch. Sampling: temperature, then top-k / top-p (the distribution the
+One prefill per prompt (one ViT pass); the prompts' KV caches are left-padded to the longest
+prompt (padded keys masked), joined, repeated ``n`` times, and all prompts' ``n`` completions decode
+as one batch (one forward per new token for the whole call, not one per prompt). Sampling: temperature, then top-k / top-p (the distribution the
 logprobs refer to, see `rollout.base`), one ``torch.Generator`` per prompt seeded ``prompt_seed(i)``.
 """
 
@@ -67,6 +68,11 @@ def _media_kwargs(seq) -> dict[str, Any]:
     return kw
 
 
+def _left_pad_cat(parts: list[torch.Tensor], length: int) -> torch.Tensor:
+    """KV tensors [1, heads, L_p, head_dim] -> [P, heads, length, head_dim], zeros before each."""
+    return torch.cat([torch.nn.functional.pad(t, (0, 0, length - t.shape[-2], 0)) for t in parts])
+
+
 class HFEngine:
     """See the module docstring. ``model``: an HF Qwen2.5-VL (eval mode); ``stop_ids``: EOS ids."""
 
@@ -111,31 +117,66 @@ class HFEngine:
     # ---- generation ----------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, prompts: list, sampling: SamplingParams) -> list[list[Completion]]:
-        out = []
+        seqs, gens = [], []
         for i, item in enumerate(prompts):
             if item.sequence is None:
                 raise RolloutError(f"prompt {i} (position {item.position}) has no sequence: a skipped item cannot be generated")
             seed = sampling.prompt_seed(i)
-            gen = None if seed is None else torch.Generator().manual_seed(seed)
-            out.append(self._generate_one(item.sequence, sampling, gen))
-        return out
+            seqs.append(item.sequence)
+            gens.append(None if seed is None else torch.Generator().manual_seed(seed))
+        return self._generate_batch(seqs, sampling, gens) if seqs else []
 
-    def _forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, cache=None, **media):
-        out = self.model(input_ids=input_ids, position_ids=position_ids, past_key_values=cache, use_cache=True, **media)
+    def _forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, cache=None, attention_mask=None, **media):
+        out = self.model(input_ids=input_ids, position_ids=position_ids, past_key_values=cache, use_cache=True,
+                         attention_mask=attention_mask, **media)
         return out.logits[:, -1].float(), out.past_key_values
 
-    def _generate_one(self, seq, sampling: SamplingParams, gen: torch.Generator | None) -> list[Completion]:
-        n = sampling.n
-        logits, cache = self._forward(seq.input_ids[None], seq.position_ids[:, None, :], **_media_kwargs(seq))
+    def _prefill(self, seqs: list) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
+        """One forward (one ViT pass) per prompt, then the P caches joined into one batch cache of
+        P x n rows, prompt-major, each prompt's keys left-padded to the longest prompt.
+
+        Returns (last-position logits [P, V], the cache, key mask [P, L_max] (1 = real; None when
+        all prompts have the same length, so no padding and no mask))."""
+        logits, caches = [], []
+        for seq in seqs:
+            lg, cache = self._forward(seq.input_ids[None], seq.position_ids[:, None, :], **_media_kwargs(seq))
+            logits.append(lg)
+            caches.append(cache)
+        lens = [len(s) for s in seqs]
+        longest = max(lens)
+        mask = None
+        if min(lens) != longest:
+            mask = torch.zeros(len(seqs), longest, dtype=torch.long)
+            for p, n in enumerate(lens):
+                mask[p, longest - n:] = 1
+        joined = caches[0]
+        if len(caches) > 1:
+            for layer, parts in zip(joined.layers, zip(*(c.layers for c in caches))):
+                layer.keys = _left_pad_cat([part.keys for part in parts], longest)
+                layer.values = _left_pad_cat([part.values for part in parts], longest)
+        return torch.cat(logits), joined, mask
+
+    def _generate_batch(self, seqs: list, sampling: SamplingParams, gens: list) -> list[list[Completion]]:
+        """All prompts' completions decode as one batch of P x n rows (row ``p * n + r`` is completion
+        ``r`` of prompt ``p``). Each prompt's rows sample from its own generator, so a prompt's
+        completions do not depend on the other prompts of the call. Positions per prompt: generated
+        token ``k`` sits at ``max(its prompt positions) + 1 + k`` (left padding shifts no position:
+        positions are given, and padded keys are masked out)."""
+        n, P = sampling.n, len(seqs)
+        logits, cache, mask = self._prefill(seqs)
         cache.batch_repeat_interleave(n)
-        logits = logits.expand(n, -1)
-        next_pos = int(seq.position_ids.max()) + 1
+        logits = logits.repeat_interleave(n, dim=0)
+        if mask is not None:
+            mask = mask.repeat_interleave(n, dim=0)
+        next_pos = torch.tensor([int(s.position_ids.max()) + 1 for s in seqs]).repeat_interleave(n)
+        rows = P * n
         tokens, logprobs = [], []
-        length = torch.full((n,), sampling.max_new_tokens, dtype=torch.long)
-        done = torch.zeros(n, dtype=torch.bool)
-        finished = torch.zeros(n, dtype=torch.bool)  # ended by EOS
+        length = torch.full((rows,), sampling.max_new_tokens, dtype=torch.long)
+        done = torch.zeros(rows, dtype=torch.bool)
+        finished = torch.zeros(rows, dtype=torch.bool)  # ended by EOS
         for step in range(sampling.max_new_tokens):
-            tok, lp = sample_next(logits, sampling, gen)
+            sampled = [sample_next(logits[p * n:(p + 1) * n], sampling, gens[p]) for p in range(P)]
+            tok, lp = torch.cat([t for t, _ in sampled]), torch.cat([x for _, x in sampled])
             tokens.append(tok)
             logprobs.append(lp)
             eos = torch.isin(tok, self.stop_ids) & ~done
@@ -147,16 +188,18 @@ class HFEngine:
             if bool(done.all()) or step + 1 == sampling.max_new_tokens:
                 break
             # finished rows keep decoding (their tokens are cut off below): one batch, no reshuffling
-            pos = torch.full((3, n, 1), next_pos + step, dtype=torch.long)
-            logits, cache = self._forward(tok[:, None], pos, cache)
+            pos = (next_pos + step).view(1, rows, 1).expand(3, rows, 1)
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
+            logits, cache = self._forward(tok[:, None], pos, cache, attention_mask=mask)
         ids, lps = torch.stack(tokens, 1), torch.stack(logprobs, 1)
-        result = []
-        for r in range(n):
+        result: list[list[Completion]] = [[] for _ in range(P)]
+        for r in range(rows):
             c = int(length[r])
             row = ids[r, :c].clone()
-            result.append(Completion(token_ids=row, logprobs=lps[r, :c].clone(),
-                                     text=self.tokenizer.decode(row.tolist(), skip_special_tokens=True),
-                                     finish_reason="stop" if bool(finished[r]) else "length"))
+            result[r // n].append(Completion(token_ids=row, logprobs=lps[r, :c].clone(),
+                                             text=self.tokenizer.decode(row.tolist(), skip_special_tokens=True),
+                                             finish_reason="stop" if bool(finished[r]) else "length"))
         return result
 
     @torch.no_grad()

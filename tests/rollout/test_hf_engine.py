@@ -113,6 +113,23 @@ def test_n_completions_and_seeding(hf_engine, prompts):
             assert len(x.logprobs) == len(x) == 8 and x.finish_reason == "length"
 
 
+def test_prompts_decode_as_one_batch(hf_engine, prompts):
+    """Prompts of different lengths (71-115 tokens, left-padded KV, padded keys masked) decode as one
+    batch: each prompt's completions are those it gets alone (same tokens, logprobs within 1e-6)
+    and match teacher-forced scores; without the key mask the padded prompts' logprobs are off by ~1."""
+    names = ["text", "image", "video", "clip", "both"]
+    items = [prompts[k] for k in names]
+    assert len({len(it.sequence) for it in items}) == len(items)
+    sp = SamplingParams(n=2, temperature=1.0, max_new_tokens=8, seed=3)
+    batched = hf_engine.generate(items, sp)
+    for i, item in enumerate(items):
+        (alone,) = hf_engine._generate_batch([item.sequence], sp, [torch.Generator().manual_seed(sp.prompt_seed(i))])
+        for a, b in zip(batched[i], alone):
+            assert a.token_ids.tolist() == b.token_ids.tolist() and a.finish_reason == b.finish_reason
+            assert max_gap(a.logprobs, b.logprobs) <= 1e-6
+            assert max_gap(hf_engine.score(item.sequence, a.token_ids), a.logprobs) <= 1e-4
+
+
 def test_eos_first_media_cut_and_bit_exact_updates(hf_engine, prompts):
     original = {k: v.clone() for k, v in hf_engine.state_dict().items()}
     try:
