@@ -7,7 +7,7 @@ task and a tiny model, SFT warm-up then GRPO, a held-out table in OUT/demo_table
 
 With a config (one process, or N with torchrun; tp * pp must divide N, the rest is data parallel):
 
-    python examples/run_grpo.py --config examples/configs/tiny/rbft_grpo_tiny.yaml [key=value ...]
+    python examples/run_grpo.py --config examples/configs/tiny/rbft_grpo.yaml [key=value ...]
     torchrun --nproc-per-node 2 examples/run_grpo.py --config FILE parallel.tp=2 rollout.engine=hf
 
 ``--help`` lists every config key. A config error prints one line and exits with status 2; too
